@@ -1,0 +1,43 @@
+-- Tables the Spark job writes (spark_jobs/registration_counts.py).
+
+-- Registrations per store per event-time window; upserted by (window, store) so a replayed
+-- micro-batch writes the same numbers.
+CREATE TABLE IF NOT EXISTS registrations_per_window (
+  window_start DATETIME NOT NULL,
+  window_end DATETIME NOT NULL,
+  store_id SMALLINT UNSIGNED NOT NULL,
+  registrations BIGINT UNSIGNED NOT NULL,
+  batch_id BIGINT NOT NULL,
+  last_updated TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+  PRIMARY KEY (window_start, window_end, store_id),
+  KEY idx_window_end (window_end)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Messages the job could not use, with the raw value and why; keyed by their Kafka position.
+CREATE TABLE IF NOT EXISTS stream_quarantine (
+  topic VARCHAR(200) NOT NULL,
+  kafka_partition INT NOT NULL,
+  kafka_offset BIGINT NOT NULL,
+  kafka_timestamp DATETIME(3) NULL,
+  raw_key VARBINARY(255) NULL,
+  raw_value MEDIUMBLOB NULL,
+  reason VARCHAR(500) NOT NULL,
+  quarantined_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  PRIMARY KEY (topic, kafka_partition, kafka_offset)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- One row per micro-batch: what the job did, including rows it dropped as too late.
+CREATE TABLE IF NOT EXISTS stream_progress (
+  query_name VARCHAR(100) NOT NULL,
+  batch_id BIGINT NOT NULL,
+  input_rows BIGINT NOT NULL,
+  rows_per_second DOUBLE NULL,
+  duration_ms BIGINT NULL,
+  event_watermark DATETIME(3) NULL,
+  late_rows_dropped BIGINT NOT NULL DEFAULT 0,
+  state_rows BIGINT NULL,
+  kafka_end_offsets TEXT NULL,
+  finished_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  PRIMARY KEY (query_name, batch_id),
+  KEY idx_finished_at (finished_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -1,0 +1,151 @@
+"""Operator entry point: python3 -m stackctl {up,down,status,logs,install,env,unpause}.
+
+`make up` / `make down` / `make status` / `make logs SERVICE=kafka` call this.
+REG_PROFILE=test selects the test profile (other ports and state folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from stackctl import config, install, services
+
+log = logging.getLogger("stackctl")
+
+SERVICES = ("mariadb", "kafka", "airflow")
+DAG_IDS = ("ingest_fake_customers", "publish_cdc_events", "stream_registration_counts")
+
+
+def up(s: config.Settings, *, airflow: bool = True, unpause: bool = True) -> None:
+    t0 = time.monotonic()
+    install.everything(s)
+    s.run.mkdir(parents=True, exist_ok=True)
+    config.secrets_for(s)
+    t_install = time.monotonic() - t0
+    steps = [("mariadb", services.start_mariadb), ("kafka", services.start_kafka)]
+    for name, start in steps:
+        t = time.monotonic()
+        start(s)
+        log.info("%-8s up on port %s (%.1fs)", name, _port(s, name), time.monotonic() - t)
+    services.apply_schema(s)
+    if airflow:
+        t = time.monotonic()
+        services.start_airflow(s)
+        log.info("airflow  up on port %s (%.1fs)", s.airflow_port, time.monotonic() - t)
+        if unpause:
+            unpause_dags(s)
+    pw = config.secrets_for(s)["AIRFLOW_ADMIN_PASSWORD"]
+    log.info("stack %s ready in %.1fs (installs %.1fs)", s.profile, time.monotonic() - t0,
+             t_install)
+    if airflow:
+        print(f"\nAirflow UI: {s.airflow_url}   login: admin / {pw}")
+        print(f"Live view:  {s.airflow_url}/regstream/")
+    print(f"MySQL:      127.0.0.1:{s.mysql_port} database {config.DATABASE} "
+          f"(passwords in {s.secrets_file})")
+    print(f"Kafka:      {s.kafka_bootstrap} topic {config.TOPIC}")
+
+
+def _port(s: config.Settings, name: str) -> int:
+    return {"mariadb": s.mysql_port, "kafka": s.kafka_port, "airflow": s.airflow_port}[name]
+
+
+def airflow_cli(s: config.Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(s.venv / "bin" / "airflow"), *args],
+        env=services.airflow_env(s), capture_output=True, text=True, check=check,
+        cwd=str(s.run),
+    )
+
+
+def unpause_dags(s: config.Settings, timeout: float = 120) -> None:
+    """Unpause the project's DAGs once the dag processor has parsed them."""
+    pending = set(DAG_IDS)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for dag_id in sorted(pending):
+            res = airflow_cli(s, "dags", "unpause", dag_id, "-y", check=False)
+            if res.returncode == 0:
+                pending.discard(dag_id)
+        if pending:
+            time.sleep(2)
+    if pending:
+        raise services.ServiceError(
+            f"DAGs not parsed in {timeout:.0f}s: {sorted(pending)}; see "
+            f"{s.logs / 'airflow.log'} and `airflow dags list-import-errors`")
+    log.info("unpaused %s", ", ".join(DAG_IDS))
+
+
+def status(s: config.Settings) -> int:
+    rows = []
+    checks = {
+        "mariadb": lambda: services.port_open(s.mysql_port),
+        "kafka": lambda: services.port_open(s.kafka_port),
+        "airflow": lambda: services.airflow_healthy(s),
+    }
+    down = 0
+    for name in SERVICES:
+        pid = services.read_pid(s.run / f"{name}.pid")
+        ok = bool(pid) and checks[name]()
+        down += not ok
+        rows.append(f"{name:8} {'up' if ok else 'DOWN':5} port {_port(s, name):<6} "
+                    f"pid {pid or '-'}")
+    extra = services.marked_pids(s)
+    print(f"profile {s.profile} ({s.run})")
+    print("\n".join(rows))
+    print(f"processes of this profile: {len(extra)}")
+    return 1 if down else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    p = argparse.ArgumentParser(prog="stackctl", description=__doc__)
+    p.add_argument("--profile", choices=["local", "test"], default=None)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    p_up = sub.add_parser("up", help="install what is missing, start everything, run the flow")
+    p_up.add_argument("--no-airflow", action="store_true", help="only MariaDB and Kafka")
+    p_up.add_argument("--paused", action="store_true", help="leave the DAGs paused")
+    sub.add_parser("down", help="stop every process of the profile")
+    sub.add_parser("status", help="each service up or down, with port and pid")
+    p_logs = sub.add_parser("logs", help="tail a service's log")
+    p_logs.add_argument("service", choices=SERVICES)
+    p_logs.add_argument("-n", type=int, default=50)
+    p_logs.add_argument("-f", action="store_true", help="follow")
+    p_inst = sub.add_parser("install", help="only install (Debian packages, venv, jars)")
+    p_inst.add_argument("--with-test-packages", action="store_true")
+    sub.add_parser("env", help="print the environment (connections) as shell exports")
+    args = p.parse_args(argv)
+    s = config.load(args.profile)
+    try:
+        if args.cmd == "up":
+            up(s, airflow=not args.no_airflow, unpause=not args.paused)
+        elif args.cmd == "down":
+            pids = services.stop_all(s)
+            print(f"stopped {len(pids)} processes of profile {s.profile}")
+        elif args.cmd == "status":
+            return status(s)
+        elif args.cmd == "logs":
+            logfile = s.logs / f"{args.service}.log"
+            cmd = ["tail", f"-n{args.n}"] + (["-F"] if args.f else []) + [str(logfile)]
+            os.execvp("tail", cmd)
+        elif args.cmd == "install":
+            install.everything(s, with_test_packages=args.with_test_packages)
+        elif args.cmd == "env":
+            import shlex
+
+            for k, v in services.airflow_env(s).items():
+                if k.startswith(("AIRFLOW", "REGSTREAM", "PYTHONPATH")):
+                    print(f"export {k}={shlex.quote(v)}")
+    except services.ServiceError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

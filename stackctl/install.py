@@ -1,0 +1,127 @@
+"""Idempotent installs: Debian packages, the pinned venv, and Maven-fetched jars."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from stackctl.config import ROOT, SPARK_KAFKA_PREFIXES, Settings
+
+log = logging.getLogger(__name__)
+
+DEBIAN_PACKAGES = [
+    "mariadb-server",
+    "mariadb-client",
+    "default-libmysqlclient-dev",
+    "pkg-config",
+    "build-essential",
+]
+# Only the browser tests of the live view need these.
+DEBIAN_TEST_PACKAGES = ["chromium"]
+
+
+def _missing_debs(packages: list[str]) -> list[str]:
+    missing = []
+    for pkg in packages:
+        res = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True
+        )
+        if "install ok installed" not in res.stdout:
+            missing.append(pkg)
+    return missing
+
+
+def debian(with_test_packages: bool = False) -> None:
+    packages = DEBIAN_PACKAGES + (DEBIAN_TEST_PACKAGES if with_test_packages else [])
+    missing = _missing_debs(packages)
+    if not missing:
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    log.info("installing Debian packages: %s", " ".join(missing))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+        check=True,
+        env=env,
+    )
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def venv(s: Settings) -> Path:
+    """Create .state/venv with requirements.txt; re-install only when the file changed."""
+    req = ROOT / "requirements.txt"
+    python = s.venv / "bin" / "python"
+    stamp = s.venv / ".requirements.sha"
+    if python.exists() and stamp.exists() and stamp.read_text() == _digest(req):
+        return python
+    log.info("installing the pinned Python environment into %s", s.venv)
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(s.venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "-r", str(req)], check=True)
+    # The spark provider's pyspark-client writes the same files as pyspark: reinstall
+    # pyspark last so its python side matches its jars (a unit test checks both).
+    pin = next(
+        line.strip() for line in req.read_text().splitlines() if line.startswith("pyspark==")
+    )
+    subprocess.run([*pip, "--force-reinstall", "--no-deps", pin], check=True)
+    stamp.write_text(_digest(req))
+    return python
+
+
+def _maven_copy(pom: Path, out: Path) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    subprocess.run(
+        [
+            "mvn",
+            "-B",
+            "-q",
+            "-f",
+            str(pom),
+            "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={tmp}",
+        ],
+        check=True,
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def jars(s: Settings) -> None:
+    maven = ROOT / "stackctl" / "maven"
+    for name in ("kafka-broker", "spark-kafka"):
+        pom = maven / f"{name}.pom.xml"
+        out = s.jars / name
+        stamp = out / ".pom.sha"
+        if stamp.exists() and stamp.read_text() == _digest(pom):
+            continue
+        if shutil.which("mvn") is None:
+            raise SystemExit("Maven (mvn) is required to fetch the Kafka and Spark jars")
+        log.info("fetching %s jars from Maven Central into %s", name, out)
+        _maven_copy(pom, out)
+        if name == "spark-kafka":
+            # Keep only what pyspark's own jars/ lacks: two copies of a jar on the
+            # classpath at different versions is how NoSuchMethodError starts.
+            for jar in out.glob("*.jar"):
+                if not jar.name.startswith(SPARK_KAFKA_PREFIXES):
+                    jar.unlink()
+        stamp.write_text(_digest(pom))
+
+
+def everything(s: Settings, with_test_packages: bool = False) -> Path:
+    debian(with_test_packages)
+    python = venv(s)
+    jars(s)
+    return python
