@@ -7,7 +7,7 @@ GRANT SELECT ON city TO 'reg_ingest'@'%';
 GRANT SELECT ON store TO 'reg_ingest'@'%';
 GRANT SELECT, INSERT ON address TO 'reg_ingest'@'%';
 GRANT SELECT, INSERT ON customer TO 'reg_ingest'@'%';
-GRANT SELECT, INSERT ON ingest_batches TO 'reg_ingest'@'%';
+GRANT SELECT, INSERT, UPDATE ON ingest_batches TO 'reg_ingest'@'%';
 
 -- CDC publisher: reads events, owns its watermark. PROCESS lets it see which transactions
 -- are still open (information_schema.INNODB_TRX), to know when an id gap is final.

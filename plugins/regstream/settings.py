@@ -1,0 +1,45 @@
+"""Package settings from the environment (set by stackctl or docker-compose), with defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Airflow connection ids, one per MySQL role, plus Kafka and Spark.
+MYSQL_INGEST_CONN_ID = "mysql_ingest"
+MYSQL_PUBLISHER_CONN_ID = "mysql_publisher"
+MYSQL_STREAM_CONN_ID = "mysql_stream"
+MYSQL_READER_CONN_ID = "mysql_reader"
+KAFKA_CONN_ID = "kafka_default"
+SPARK_CONN_ID = "spark_default"
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} must be an integer") from exc
+
+
+def topic() -> str:
+    return os.environ.get("REGSTREAM_TOPIC", "customer_registrations")
+
+
+def topic_partitions() -> int:
+    return env_int("REGSTREAM_TOPIC_PARTITIONS", 2)
+
+
+def topic_replication() -> int:
+    return env_int("REGSTREAM_TOPIC_REPLICATION", 1)
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("REGSTREAM_STATE_DIR", Path.cwd() / ".state" / "local"))
+
+
+def gap_max_wait_s() -> int:
+    """0 = wait for open transactions forever (never skip an id that may still commit)."""
+    return env_int("REGSTREAM_GAP_MAX_WAIT_S", 0)
