@@ -95,6 +95,7 @@ def base_env(s: Settings) -> dict[str, str]:
     env[MARK] = str(s.run)
     env["PATH"] = f"{s.venv / 'bin'}:{env.get('PATH', '')}"
     env["TZ"] = "UTC"
+    env["SPARK_LOCAL_IP"] = "127.0.0.1"
     return env
 
 

@@ -1,0 +1,73 @@
+"""
+### Stream registration counts
+
+Submits `spark_jobs/registration_counts.py` (Spark Structured Streaming) with the apache-spark
+provider and keeps it alive: the DAG is `@continuous` with one active run, so when the job dies
+the task fails, retries after 30 s, and a new run starts as soon as one ends. The job restarts
+from its checkpoint (offsets and state) and a MySQL lock guarantees one instance at a time.
+
+The task log shows each micro-batch: batch id, input rows, rows/s, duration, watermark and
+late rows dropped. Counts land in `registrations_per_window`.
+
+Stop on purpose: pause this DAG, then `make stream-stop` (touches the job's STOP file; the job
+stops its queries cleanly and the task succeeds). Connection `spark_default` picks the master:
+`local[2]` by default, `spark://host:7077` for a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import dag
+from regstream.settings import SPARK_CONN_ID, state_dir
+
+JOB = Path(__file__).resolve().parent.parent / "spark_jobs" / "registration_counts.py"
+CHECKPOINTS = state_dir() / "spark" / "checkpoints"
+
+
+@dag(
+    dag_id="stream_registration_counts",
+    schedule="@continuous",
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+    doc_md=__doc__,
+    tags=["regstream", "stream"],
+)
+def stream_registration_counts() -> None:
+    SparkSubmitOperator(
+        task_id="run_streaming_job",
+        conn_id=SPARK_CONN_ID,
+        application=str(JOB),
+        name="registration_counts",
+        jars=os.environ.get("REGSTREAM_SPARK_JARS", ""),
+        conf={
+            "spark.sql.shuffle.partitions": os.environ.get(
+                "REGSTREAM_SPARK_SHUFFLE_PARTITIONS", "2"
+            ),
+            "spark.driver.memory": os.environ.get("REGSTREAM_SPARK_DRIVER_MEMORY", "1g"),
+            "spark.ui.enabled": "false",
+        },
+        application_args=[
+            "--bootstrap",
+            os.environ.get("REGSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+            "--topic",
+            os.environ.get("REGSTREAM_TOPIC", "customer_registrations"),
+            "--checkpoint-dir",
+            str(CHECKPOINTS),
+            "--window",
+            os.environ.get("REGSTREAM_WINDOW", "1 minute"),
+            "--lateness",
+            os.environ.get("REGSTREAM_LATENESS", "7 days"),
+            "--trigger",
+            os.environ.get("REGSTREAM_TRIGGER", "1 second"),
+        ],
+        verbose=False,
+    )
+
+
+stream_registration_counts()
