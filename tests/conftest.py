@@ -124,7 +124,9 @@ def fresh_db(stack: config.Settings, monkeypatch: pytest.MonkeyPatch) -> Iterato
     services.apply_schema(stack, database=name)
     point_connections_at(stack, name, monkeypatch)
     yield name
-    root_conn(stack).cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
+    cur = root_conn(stack).cursor()
+    cur.execute("SET SESSION lock_wait_timeout = 60")
+    cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
 @pytest.fixture

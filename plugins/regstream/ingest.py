@@ -179,7 +179,8 @@ def _insert_chunk(cur: Any, sql: str, rows: list[tuple], step: int) -> list[int]
     cur.executemany(sql, rows)
     if cur.rowcount != len(rows):
         raise IngestError(f"inserted {cur.rowcount} rows, expected {len(rows)}")
-    first = int(cur.lastrowid)
+    cur.execute("SELECT LAST_INSERT_ID()")
+    first = int(cur.fetchone()[0])
     # A multi-row INSERT ... VALUES ("simple insert") gets consecutive auto-increment values
     # in every innodb_autoinc_lock_mode, spaced by auto_increment_increment.
     return [first + k * step for k in range(len(rows))]
@@ -190,13 +191,13 @@ def load_customers(conn: Any, key: str, seed: int, start: datetime, end: datetim
     """Insert customers and their addresses in one transaction, once per batch key."""
     t0 = time.monotonic()
     cur = conn.cursor()
-    cur.execute("SET time_zone = '+00:00'")
-    cur.execute("SELECT @@auto_increment_increment")
-    step = int(cur.fetchone()[0])
-    location = _column_info(cur, "address", "location")
-    check_id_space(cur, len(customers))
-    conn.autocommit(False) if callable(getattr(conn, "autocommit", None)) else None
+    conn.autocommit(False)
     try:
+        cur.execute("SET time_zone = '+00:00'")
+        cur.execute("SELECT @@auto_increment_increment")
+        step = int(cur.fetchone()[0])
+        location = _column_info(cur, "address", "location")
+        check_id_space(cur, len(customers))
         cur.execute("SELECT customers, first_customer_id, last_customer_id FROM ingest_batches "
                     "WHERE batch_key = %s", (key,))
         done = cur.fetchone()
@@ -231,7 +232,16 @@ def load_customers(conn: Any, key: str, seed: int, start: datetime, end: datetim
                 (c.store_id, c.first_name, c.last_name, c.email, a, c.create_date)
                 for c, a in zip(part, addr_ids)
             ]
-            ids += _insert_chunk(cur, cust_sql, cust_rows, step)
+            cur.executemany(cust_sql, cust_rows)
+            # Customer ids by their (new, unique) addresses: on a table with an insert
+            # trigger, LAST_INSERT_ID() reports the trigger's id on MariaDB, not ours.
+            cur.execute("SELECT MIN(customer_id), MAX(customer_id), COUNT(*) FROM customer "
+                        "WHERE address_id BETWEEN %s AND %s", (addr_ids[0], addr_ids[-1]))
+            lo, hi, count = cur.fetchone()
+            if count != len(part):
+                raise IngestError(f"expected {len(part)} customers for addresses "
+                                  f"{addr_ids[0]}-{addr_ids[-1]}, found {count}")
+            ids += [int(lo), int(hi)]
         first, last = (min(ids), max(ids)) if ids else (None, None)
         cur.execute("UPDATE ingest_batches SET first_customer_id = %s, last_customer_id = %s "
                     "WHERE batch_key = %s", (first, last, key))
