@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CUSTOMERS_PER_RUN = 20
 MAX_CUSTOMERS_PER_RUN = 1_000_000
 CHUNK_ROWS = 1000
+MAX_STATEMENT_BYTES = 4 * 1024 * 1024  # below MariaDB's and MySQL's default max_allowed_packet
 # Below this many people, every person gets their own Faker values; above it, values come
 # from pools of this size (Faker costs ~100 us a person, too slow for bulk loads).
 POOL_SIZE = 2000
@@ -176,7 +177,12 @@ def check_id_space(cur: Any, n: int) -> None:
 
 
 def _insert_chunk(cur: Any, sql: str, rows: list[tuple], step: int) -> list[int]:
+    # mysqlclient splits executemany into statements of max_stmt_length bytes (64 KiB by
+    # default); ids are consecutive only within one statement, so make it one.
+    cur.max_stmt_length = MAX_STATEMENT_BYTES
     cur.executemany(sql, rows)
+    if cur._executed is not None and len(cur._executed) > MAX_STATEMENT_BYTES:
+        raise IngestError("a chunk outgrew one statement; lower CHUNK_ROWS")
     if cur.rowcount != len(rows):
         raise IngestError(f"inserted {cur.rowcount} rows, expected {len(rows)}")
     cur.execute("SELECT LAST_INSERT_ID()")
@@ -232,6 +238,7 @@ def load_customers(conn: Any, key: str, seed: int, start: datetime, end: datetim
                 (c.store_id, c.first_name, c.last_name, c.email, a, c.create_date)
                 for c, a in zip(part, addr_ids)
             ]
+            cur.max_stmt_length = MAX_STATEMENT_BYTES
             cur.executemany(cust_sql, cust_rows)
             # Customer ids by their (new, unique) addresses: on a table with an insert
             # trigger, LAST_INSERT_ID() reports the trigger's id on MariaDB, not ours.

@@ -34,6 +34,8 @@ from regstream import settings
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+# InnoDB refreshes information_schema.INNODB_TRX at most every 0.1 s; twice that for margin.
+TRX_CACHE_MARGIN_S = 0.2
 EVENT_TABLE = "users_change_events"
 WATERMARK_TABLE = "latest_cdc_timestamp"
 
@@ -281,6 +283,7 @@ def publish(conn: Any, producer: Any, topic: str, *, bootstrap: str = "?",
         state = {"top": h, "captured": before.last_captured_at}
 
         scur = conn.cursor(MySQLdb.cursors.SSCursor)
+        read_started = time.monotonic()
         scur.execute(sql, params)
 
         def rows() -> Any:
@@ -304,7 +307,12 @@ def publish(conn: Any, producer: Any, topic: str, *, bootstrap: str = "?",
         sent = produce_all(producer, topic, rows(), deliveries)
         scur.close()
         # Transactions open *after* the read: whoever holds a new gap's id is among them,
-        # or has already ended.
+        # or has already ended. InnoDB serves INNODB_TRX from a cache refreshed at most every
+        # 0.1 s (trx0i_s.cc, CACHE_MIN_IDLE_TIME_US): ask only once the cache must postdate
+        # the read, or a transaction that began just before the read could be missing.
+        fresh_after = read_started + TRX_CACHE_MARGIN_S - time.monotonic()
+        if new_gaps and fresh_after > 0:
+            time.sleep(fresh_after)
         active_after = open_transactions(conn)
         flush_or_fail(producer, sent, deliveries, bootstrap, flush_timeout)
 
