@@ -21,8 +21,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CUSTOMERS_PER_RUN = 20
 MAX_CUSTOMERS_PER_RUN = 1_000_000
-CHUNK_ROWS = 1000
-MAX_STATEMENT_BYTES = 4 * 1024 * 1024  # below MariaDB's and MySQL's default max_allowed_packet
+CHUNK_ROWS = 2000
 # Below this many people, every person gets their own Faker values; above it, values come
 # from pools of this size (Faker costs ~100 us a person, too slow for bulk loads).
 POOL_SIZE = 2000
@@ -176,19 +175,21 @@ def check_id_space(cur: Any, n: int) -> None:
                 f"schema uses INT UNSIGNED) or load fewer rows")
 
 
-def _insert_chunk(cur: Any, sql: str, rows: list[tuple], step: int) -> list[int]:
-    # mysqlclient splits executemany into statements of max_stmt_length bytes (64 KiB by
-    # default); ids are consecutive only within one statement, so make it one.
-    cur.max_stmt_length = MAX_STATEMENT_BYTES
-    cur.executemany(sql, rows)
-    if cur._executed is not None and len(cur._executed) > MAX_STATEMENT_BYTES:
-        raise IngestError("a chunk outgrew one statement; lower CHUNK_ROWS")
+def _multi_row(cur: Any, sql: str, row_sql: str, rows: list[tuple]) -> None:
+    """One INSERT ... VALUES (...), (...) statement for all rows (executemany would fall back
+    to one statement per row for some queries, and splits at 64 KiB)."""
+    stmt = sql + ", ".join([row_sql] * len(rows))
+    cur.execute(stmt, [v for row in rows for v in row])
     if cur.rowcount != len(rows):
         raise IngestError(f"inserted {cur.rowcount} rows, expected {len(rows)}")
-    cur.execute("SELECT LAST_INSERT_ID()")
-    first = int(cur.fetchone()[0])
+
+
+def _insert_chunk(cur: Any, sql: str, row_sql: str, rows: list[tuple], step: int) -> list[int]:
+    _multi_row(cur, sql, row_sql, rows)
     # A multi-row INSERT ... VALUES ("simple insert") gets consecutive auto-increment values
     # in every innodb_autoinc_lock_mode, spaced by auto_increment_increment.
+    cur.execute("SELECT LAST_INSERT_ID()")
+    first = int(cur.fetchone()[0])
     return [first + k * step for k in range(len(rows))]
 
 
@@ -219,12 +220,15 @@ def load_customers(conn: Any, key: str, seed: int, start: datetime, end: datetim
         )
         if location is not None:
             addr_sql = ("INSERT INTO address (address, district, city_id, postal_code, phone, "
-                        "location) VALUES (%s, %s, %s, %s, %s, ST_GeomFromText(%s))")
+                        "location) VALUES ")
+            addr_row = "(%s, %s, %s, %s, %s, ST_GeomFromText(%s))"
         else:
             addr_sql = ("INSERT INTO address (address, district, city_id, postal_code, phone) "
-                        "VALUES (%s, %s, %s, %s, %s)")
+                        "VALUES ")
+            addr_row = "(%s, %s, %s, %s, %s)"
         cust_sql = ("INSERT INTO customer (store_id, first_name, last_name, email, address_id, "
-                    "active, create_date) VALUES (%s, %s, %s, %s, %s, 1, %s)")
+                    "active, create_date) VALUES ")
+        cust_row = "(%s, %s, %s, %s, %s, 1, %s)"
         ids: list[int] = []
         for i in range(0, len(customers), chunk_rows):
             part = customers[i:i + chunk_rows]
@@ -233,13 +237,12 @@ def load_customers(conn: Any, key: str, seed: int, start: datetime, end: datetim
                 + ((f"POINT({c.lon} {c.lat})",) if location is not None else ())
                 for c in part
             ]
-            addr_ids = _insert_chunk(cur, addr_sql, addr_rows, step)
+            addr_ids = _insert_chunk(cur, addr_sql, addr_row, addr_rows, step)
             cust_rows = [
                 (c.store_id, c.first_name, c.last_name, c.email, a, c.create_date)
                 for c, a in zip(part, addr_ids)
             ]
-            cur.max_stmt_length = MAX_STATEMENT_BYTES
-            cur.executemany(cust_sql, cust_rows)
+            _multi_row(cur, cust_sql, cust_row, cust_rows)
             # Customer ids by their (new, unique) addresses: on a table with an insert
             # trigger, LAST_INSERT_ID() reports the trigger's id on MariaDB, not ours.
             cur.execute("SELECT MIN(customer_id), MAX(customer_id), COUNT(*) FROM customer "

@@ -1,0 +1,67 @@
+"""Shared set-up for the benchmarks: the test profile's real MariaDB and Kafka, a fresh
+database and topic per run, and one way to print figures (JSON plus a human line)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
+
+from stackctl import config, services  # noqa: E402
+
+
+def stack() -> config.Settings:
+    s = config.load(os.environ.get("REG_PROFILE", "test"))
+    services.start_mariadb(s)
+    services.start_kafka(s)
+    services.apply_schema(s)
+    os.environ.update(services.airflow_env(s))
+    return s
+
+
+def fresh(s: config.Settings) -> tuple[str, str]:
+    """A new database (pointed at by every role connection) and topic name."""
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    services.apply_schema(s, database=name)
+    pw = config.secrets_for(s)
+    for role, user in config.ROLES.items():
+        os.environ[f"AIRFLOW_CONN_MYSQL_{role.upper()}"] = json.dumps({
+            "conn_type": "mysql", "host": "127.0.0.1", "port": s.mysql_port, "login": user,
+            "password": pw[f"REG_{role.upper()}_PASSWORD"], "schema": name})
+    os.environ["REGSTREAM_TOPIC"] = name
+    return name, name
+
+
+def root_conn(s: config.Settings, database: str | None = None) -> Any:
+    import MySQLdb
+
+    conn = MySQLdb.connect(unix_socket=str(s.mysql_socket), user="root",
+                           password=config.secrets_for(s)["MYSQL_ROOT_PASSWORD"],
+                           database=database or "", autocommit=True, charset="utf8mb4")
+    conn.cursor().execute("SET time_zone = '+00:00'")
+    return conn
+
+
+def drop(s: config.Settings, database: str) -> None:
+    root_conn(s).cursor().execute(f"DROP DATABASE IF EXISTS `{database}`")
+
+
+def machine() -> dict[str, Any]:
+    mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo")
+                  if line.startswith("MemTotal"))
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    return {"cpus": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "cpu": cpu,
+            "os": platform.platform(), "python": platform.python_version()}
+
+
+def report(name: str, figures: dict[str, Any], human: str) -> None:
+    print(json.dumps({"benchmark": name, **figures}))
+    print(f"{name}: {human}")
