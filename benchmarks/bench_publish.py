@@ -1,0 +1,114 @@
+"""CDC publish: 1,000,000 events from users_change_events to Kafka, against a baseline.
+
+Usage: .state/venv/bin/python -m benchmarks.bench_publish [--events 1000000]
+
+Measured, each in its own process so peak memory (max RSS) is its own:
+  publish   regstream.publish.publish(): streamed read (server-side cursor), produce, flush,
+            every delivery acknowledged, watermark written. Timed from first read to last ack.
+  baseline  the same payloads, read into memory first (not timed), produced with the same
+            producer settings (acks=all, idempotence, lz4) and flushed: the producer's ceiling.
+Target: >= 100,000 events/s and >= half the baseline's rate, memory bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+from benchmarks.common import drop, fresh, report, root_conn, stack
+
+
+def fill(s, database: str, n: int) -> None:
+    """n CDC rows, written directly (the trigger path is measured by bench_ingest)."""
+    cur = root_conn(s, database).cursor()
+    cur.execute(
+        "INSERT INTO users_change_events (event_type, customer_id, store_id, first_name, "
+        "last_name, email, address_id, create_date, captured_at) VALUES "
+        + ", ".join(
+            f"('customer_registered', {i}, {1 + i % 2}, 'MARY', 'SMITH', "
+            f"'MARY.SMITH.{i:06x}@sakilacustomer.org', {i}, "
+            f"'2026-11-01 00:00:00' + INTERVAL {i % 86400} SECOND, UTC_TIMESTAMP(6))"
+            for i in range(1, 1001)))
+    have = 1000
+    while have < n:
+        take = min(have, n - have)
+        cur.execute(
+            "INSERT INTO users_change_events (event_type, customer_id, store_id, first_name, "
+            "last_name, email, address_id, create_date, captured_at) SELECT event_type, "
+            f"customer_id + {have}, store_id, first_name, last_name, email, address_id + {have}, "
+            f"create_date, captured_at FROM users_change_events ORDER BY event_id LIMIT {take}")
+        have += take
+
+
+def child(mode: str, n: int) -> None:
+    from confluent_kafka import Producer
+
+    from regstream import db, publish, settings
+
+    conn = db.connect("mysql_publisher")
+    bootstrap = json.loads(__import__("os").environ["AIRFLOW_CONN_KAFKA_DEFAULT"])["extra"][
+        "bootstrap.servers"]
+    topic = settings.topic() + ("_baseline" if mode == "baseline" else "")
+    producer = Producer(publish.producer_config(bootstrap))
+    from confluent_kafka.admin import AdminClient
+
+    publish.ensure_topic(AdminClient({"bootstrap.servers": bootstrap}), topic, 2, 1, bootstrap)
+    if mode == "publish":
+        t0 = time.monotonic()
+        r = publish.publish(conn, producer, topic, bootstrap=bootstrap, max_events=n)
+        secs = time.monotonic() - t0
+        sent = r.published
+    else:
+        cur = conn.cursor()
+        cur.execute(publish._SELECT + " ORDER BY event_id")
+        rows = [(str(store).encode(), value) for _, store, value in cur.fetchall()]
+        d = publish._Deliveries()
+        t0 = time.monotonic()
+        sent = publish.produce_all(producer, topic, rows, d)
+        publish.flush_or_fail(producer, sent, d, bootstrap, 120)
+        secs = time.monotonic() - t0
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"sent": sent, "seconds": secs, "max_rss_mib": rss_mib}))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]))
+        return
+    p = argparse.ArgumentParser()
+    p.add_argument("--events", type=int, default=1_000_000)
+    n = p.parse_args().events
+    s = stack()
+    database, topic = fresh(s)
+    t0 = time.monotonic()
+    fill(s, database, n)
+    fill_s = time.monotonic() - t0
+    out = {}
+    for mode in ("publish", "baseline"):
+        res = subprocess.run([sys.executable, "-m", "benchmarks.bench_publish", "--child", mode,
+                              str(n)], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SystemExit(f"{mode} failed:\n{res.stderr[-3000:]}")
+        out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+    drop(s, database)
+    pub, base = out["publish"], out["baseline"]
+    assert pub["sent"] == n and base["sent"] == n, out
+    rate, base_rate = n / pub["seconds"], n / base["seconds"]
+    report("publish", {
+        "events": n, "seconds": round(pub["seconds"], 2), "events_per_s": round(rate),
+        "max_rss_mib": round(pub["max_rss_mib"]), "baseline_seconds": round(base["seconds"], 2),
+        "baseline_events_per_s": round(base_rate),
+        "baseline_max_rss_mib": round(base["max_rss_mib"]),
+        "ratio_to_baseline": round(rate / base_rate, 2), "fill_seconds": round(fill_s, 1),
+        "target_events_per_s": 100_000, "target_ratio": 0.5,
+    }, f"{n:,} events in {pub['seconds']:.1f}s = {rate:,.0f}/s, max RSS "
+       f"{pub['max_rss_mib']:.0f} MiB; baseline from memory {base_rate:,.0f}/s "
+       f"({base['max_rss_mib']:.0f} MiB); ratio {rate / base_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()
