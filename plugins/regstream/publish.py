@@ -428,31 +428,80 @@ def ensure_topic(admin: Any, topic: str, partitions: int, replication: int,
             raise PublishError(f"cannot create topic {topic} at {bootstrap}: {exc}") from exc
 
 
+class HookedPublisher:
+    """Connections made once through the providers' hooks; `run()` publishes once."""
+
+    def __init__(self, mysql_conn_id: str = settings.MYSQL_PUBLISHER_CONN_ID,
+                 kafka_conn_id: str = settings.KAFKA_CONN_ID, topic: str | None = None) -> None:
+        from airflow.providers.apache.kafka.hooks.client import KafkaAdminClientHook
+
+        from regstream.db import connect
+
+        self.topic = topic or settings.topic()
+        admin_hook = KafkaAdminClientHook(kafka_config_id=kafka_conn_id)
+        self.bootstrap = str(admin_hook._build_config().get("bootstrap.servers"))
+        self.conn = connect(mysql_conn_id)
+        try:
+            check_schema(self.conn)
+            ensure_topic(admin_hook.get_conn, self.topic, settings.topic_partitions(),
+                         settings.topic_replication(), self.bootstrap)
+            self.producer = _ProducerHook(kafka_config_id=kafka_conn_id).get_producer()
+            check_broker(self.producer, self.bootstrap)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def run(self, max_events: int = 2_000_000) -> PublishResult:
+        result = publish(self.conn, self.producer, self.topic, bootstrap=self.bootstrap,
+                         max_events=max_events)
+        log_result(result, self.topic)
+        return result
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def run_publish(mysql_conn_id: str = settings.MYSQL_PUBLISHER_CONN_ID,
                 kafka_conn_id: str = settings.KAFKA_CONN_ID, topic: str | None = None,
                 max_events: int = 2_000_000) -> PublishResult:
     """The publish task, through the providers' hooks and connections."""
-    from airflow.providers.apache.kafka.hooks.client import KafkaAdminClientHook
-    from airflow.providers.apache.kafka.hooks.produce import KafkaProducerHook
-
-    from regstream.db import connect
-
-    topic = topic or settings.topic()
-    admin_hook = KafkaAdminClientHook(kafka_config_id=kafka_conn_id)
-    base = admin_hook._build_config()
-    bootstrap = str(base.get("bootstrap.servers"))
-    conn = connect(mysql_conn_id)
+    pub = HookedPublisher(mysql_conn_id, kafka_conn_id, topic)
     try:
-        check_schema(conn)
-        ensure_topic(admin_hook.get_conn, topic, settings.topic_partitions(),
-                     settings.topic_replication(), bootstrap)
-        producer = _ProducerHook(kafka_config_id=kafka_conn_id).get_producer()
-        check_broker(producer, bootstrap)
-        result = publish(conn, producer, topic, bootstrap=bootstrap, max_events=max_events)
-        log_result(result, topic)
-        return result
+        return pub.run(max_events)
     finally:
-        conn.close()
+        pub.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m regstream.publish [--loop]`: once, or back to back (the most continuous
+    mode, for the lowest latency), with the same connections as the DAG."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--loop", action="store_true", help="publish runs back to back until stopped")
+    p.add_argument("--interval", type=float, default=0.5,
+                   help="pause between runs when idle (seconds)")
+    p.add_argument("--max-events", type=int, default=2_000_000)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if not args.loop:
+        run_publish(max_events=args.max_events)
+        return 0
+    from regstream.db import DatabaseUnavailable
+
+    pub: HookedPublisher | None = None
+    while True:
+        try:
+            pub = pub or HookedPublisher()
+            r = pub.run(args.max_events)
+            if r.published == 0:
+                time.sleep(args.interval)
+        except (PublishError, DatabaseUnavailable, PublisherBusy) as exc:
+            log.error("publish failed, retrying in 5 s: %s", exc)
+            if pub is not None:
+                pub.close()
+            pub = None
+            time.sleep(5)
 
 
 try:  # the hook class exists only where the provider is installed (Airflow, tests)
@@ -468,3 +517,7 @@ try:  # the hook class exists only where the provider is installed (Airflow, tes
             return Producer({**config, **PRODUCER_CONFIG})
 except ImportError:  # pragma: no cover
     pass
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
