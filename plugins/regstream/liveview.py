@@ -1,0 +1,125 @@
+"""The analysts' live view: a FastAPI app the Airflow API server mounts at /regstream.
+
+  GET /regstream/                     the page (chart + table + pipeline health, self-refreshing)
+  GET /regstream/api/counts?window=5  registrations per store per window (minutes), rolled up
+                                      from the stream's 1-minute windows
+  GET /regstream/api/health           watermark age, events waiting, stream lag, last batch
+
+Reads MySQL only through the read-only role (connection `mysql_reader`).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import HTMLResponse
+
+from regstream import settings
+
+log = logging.getLogger(__name__)
+
+WINDOW_CHOICES = (1, 5, 15, 60, 1440)
+PAGE = Path(__file__).resolve().parent / "static" / "liveview.html"
+
+app = FastAPI(title="Registrations live view")
+
+
+def _conn() -> Any:
+    from regstream.db import connect
+
+    return connect(settings.MYSQL_READER_CONN_ID)
+
+
+def counts(conn: Any, window_minutes: int, limit_windows: int = 48) -> list[dict[str, Any]]:
+    """Per-store counts per window of `window_minutes`, newest windows first."""
+    if window_minutes not in WINDOW_CHOICES:
+        raise ValueError(f"window must be one of {WINDOW_CHOICES} minutes")
+    secs = window_minutes * 60
+    cur = conn.cursor()
+    cur.execute(
+        "SELECT FROM_UNIXTIME(FLOOR(UNIX_TIMESTAMP(window_start) / %s) * %s) AS ws, store_id, "
+        "SUM(registrations), MAX(last_updated) FROM registrations_per_window "
+        "WHERE TIMESTAMPDIFF(SECOND, window_start, window_end) = 60 "
+        "GROUP BY ws, store_id ORDER BY ws DESC, store_id",
+        (secs, secs),
+    )
+    rows: dict[datetime, dict[str, Any]] = {}
+    for ws, store, n, updated in cur.fetchall():
+        if ws not in rows:
+            if len(rows) >= limit_windows:
+                break
+            rows[ws] = {"window_start": ws.isoformat() + "Z", "stores": {}, "total": 0,
+                        "updated": updated.isoformat() + "Z"}
+        rows[ws]["stores"][str(store)] = int(n)
+        rows[ws]["total"] += int(n)
+    cur.close()
+    return list(rows.values())
+
+
+def health(conn: Any, topic: str) -> dict[str, Any]:
+    cur = conn.cursor()
+    cur.execute("SELECT last_event_id, updated_at, pending_gaps FROM latest_cdc_timestamp "
+                "WHERE pipeline = %s", (topic,))
+    wm = cur.fetchone()
+    last_id = int(wm[0]) if wm else 0
+    cur.execute("SELECT COUNT(*), MIN(captured_at) FROM users_change_events "
+                "WHERE event_id > %s", (last_id,))
+    waiting, oldest_waiting = cur.fetchone()
+    cur.execute("SELECT batch_id, finished_at, event_watermark, late_rows_dropped FROM "
+                "stream_progress WHERE query_name = 'registration_counts' "
+                "ORDER BY finished_at DESC LIMIT 1")
+    batch = cur.fetchone()
+    cur.execute("SELECT COALESCE(SUM(late_rows_dropped), 0) FROM stream_progress")
+    late_total = int(cur.fetchone()[0])
+    cur.execute("SELECT COUNT(*) FROM stream_quarantine")
+    quarantined = int(cur.fetchone()[0])
+    cur.execute("SELECT MAX(last_updated) FROM registrations_per_window")
+    last_result = cur.fetchone()[0]
+    cur.close()
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+
+    def age(ts: datetime | None) -> float | None:
+        return round((now - ts).total_seconds(), 1) if ts else None
+
+    return {
+        "now": now.isoformat() + "Z",
+        "watermark_event_id": last_id,
+        "watermark_age_s": age(wm[1]) if wm else None,
+        "events_waiting": int(waiting),
+        "oldest_waiting_age_s": age(oldest_waiting),
+        "stream_lag_s": age(last_result),
+        "last_batch_id": batch[0] if batch else None,
+        "last_batch_age_s": age(batch[1]) if batch else None,
+        "event_time_watermark": batch[2].isoformat() + "Z" if batch and batch[2] else None,
+        "late_rows_dropped": late_total,
+        "quarantined": quarantined,
+    }
+
+
+@app.get("/", response_class=HTMLResponse)
+def page() -> str:
+    return PAGE.read_text()
+
+
+@app.get("/api/counts")
+def api_counts(window: int = Query(5, description="window length in minutes")) -> dict:
+    if window not in WINDOW_CHOICES:
+        raise HTTPException(400, f"window must be one of {list(WINDOW_CHOICES)} minutes")
+    conn = _conn()
+    try:
+        return {"window_minutes": window, "windows": counts(conn, window)}
+    finally:
+        conn.close()
+
+
+@app.get("/api/health")
+def api_health() -> dict:
+    conn = _conn()
+    try:
+        return health(conn, settings.topic())
+    finally:
+        conn.close()
