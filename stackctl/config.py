@@ -179,7 +179,6 @@ def connection_env(s: Settings) -> dict[str, str]:
             "REGSTREAM_SPARK_SHUFFLE_PARTITIONS": str(s.spark_shuffle_partitions),
             "REGSTREAM_SPARK_DRIVER_MEMORY": s.spark_driver_memory,
             "REGSTREAM_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-            "REGSTREAM_MYSQL_PORT": str(s.mysql_port),
         }
     )
     return env
