@@ -95,9 +95,17 @@ def status(s: config.Settings) -> int:
         rows.append(f"{name:8} {'up' if ok else 'DOWN':5} port {_port(s, name):<6} "
                     f"pid {pid or '-'}")
     extra = services.marked_pids(s)
+    rss_kb = 0
+    for pid in extra:
+        try:
+            # Pss: shared pages (forked Airflow workers) counted once, proportionally.
+            rss_kb += next(int(line.split()[1]) for line in open(f"/proc/{pid}/smaps_rollup")
+                           if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            pass
     print(f"profile {s.profile} ({s.run})")
     print("\n".join(rows))
-    print(f"processes of this profile: {len(extra)}")
+    print(f"processes of this profile: {len(extra)}, resident memory (PSS) {rss_kb / 1024:,.0f} MiB")
     return 1 if down else 0
 
 
@@ -119,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p_inst = sub.add_parser("install", help="only install (Debian packages, venv, jars)")
     p_inst.add_argument("--with-test-packages", action="store_true")
     sub.add_parser("env", help="print the environment (connections) as shell exports")
+    sub.add_parser("stream-stop", help="pause the stream DAG and stop the Spark job cleanly")
     args = p.parse_args(argv)
     s = config.load(args.profile)
     try:
@@ -135,6 +144,13 @@ def main(argv: list[str] | None = None) -> int:
             os.execvp("tail", cmd)
         elif args.cmd == "install":
             install.everything(s, with_test_packages=args.with_test_packages)
+        elif args.cmd == "stream-stop":
+            airflow_cli(s, "dags", "pause", "stream_registration_counts", "-y")
+            stop = s.spark_state / "checkpoints" / "STOP"
+            stop.parent.mkdir(parents=True, exist_ok=True)
+            stop.touch()
+            print(f"paused stream_registration_counts and asked the job to stop ({stop}); "
+                  "`airflow dags unpause stream_registration_counts` restarts it")
         elif args.cmd == "env":
             import shlex
 
