@@ -14,8 +14,9 @@ import argparse
 import time
 from datetime import datetime, timedelta, timezone
 
-from benchmarks.common import drop, fresh, report, root_conn, stack
 from regstream import db, ingest
+
+from benchmarks.common import drop, fresh, report, root_conn, stack
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -29,8 +30,9 @@ def main() -> None:
     # Baseline: rows generated before the clock starts.
     base_db, _ = fresh(s)
     conn = db.connect("mysql_ingest", autocommit=False)
-    people = ingest.generate_customers(n, 1, START, START + timedelta(days=1), list(range(1, 21)),
-                                       [1, 2])
+    people = ingest.generate_customers(
+        n, 1, START, START + timedelta(days=1), list(range(1, 21)), [1, 2]
+    )
     t0 = time.monotonic()
     ingest.load_customers(conn, "baseline", 1, START, START + timedelta(days=1), people)
     base_s = time.monotonic() - t0
@@ -51,13 +53,22 @@ def main() -> None:
     assert result.inserted == n and events == n, (result.inserted, events)
 
     rate, base_rate = n / path_s, n / base_s
-    report("ingest", {
-        "customers": n, "seconds": round(path_s, 2), "customers_per_s": round(rate),
-        "baseline_seconds": round(base_s, 2), "baseline_customers_per_s": round(base_rate),
-        "ratio_to_baseline": round(rate / base_rate, 2), "cdc_events": events,
-        "target_customers_per_s": 10_000, "target_ratio": 0.5,
-    }, f"{n:,} customers in {path_s:.1f}s = {rate:,.0f}/s (trigger included); baseline "
-       f"{base_rate:,.0f}/s; ratio {rate / base_rate:.2f}")
+    report(
+        "ingest",
+        {
+            "customers": n,
+            "seconds": round(path_s, 2),
+            "customers_per_s": round(rate),
+            "baseline_seconds": round(base_s, 2),
+            "baseline_customers_per_s": round(base_rate),
+            "ratio_to_baseline": round(rate / base_rate, 2),
+            "cdc_events": events,
+            "target_customers_per_s": 10_000,
+            "target_ratio": 0.5,
+        },
+        f"{n:,} customers in {path_s:.1f}s = {rate:,.0f}/s (trigger included); baseline "
+        f"{base_rate:,.0f}/s; ratio {rate / base_rate:.2f}",
+    )
 
 
 if __name__ == "__main__":

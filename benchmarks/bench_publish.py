@@ -32,7 +32,9 @@ def fill(s, database: str, n: int) -> None:
             f"('customer_registered', {i}, {1 + i % 2}, 'MARY', 'SMITH', "
             f"'MARY.SMITH.{i:06x}@sakilacustomer.org', {i}, "
             f"'2026-11-01 00:00:00' + INTERVAL {i % 86400} SECOND, UTC_TIMESTAMP(6))"
-            for i in range(1, 1001)))
+            for i in range(1, 1001)
+        )
+    )
     have = 1000
     while have < n:
         take = min(have, n - have)
@@ -40,18 +42,19 @@ def fill(s, database: str, n: int) -> None:
             "INSERT INTO users_change_events (event_type, customer_id, store_id, first_name, "
             "last_name, email, address_id, create_date, captured_at) SELECT event_type, "
             f"customer_id + {have}, store_id, first_name, last_name, email, address_id + {have}, "
-            f"create_date, captured_at FROM users_change_events ORDER BY event_id LIMIT {take}")
+            f"create_date, captured_at FROM users_change_events ORDER BY event_id LIMIT {take}"
+        )
         have += take
 
 
 def child(mode: str, n: int) -> None:
     from confluent_kafka import Producer
-
     from regstream import db, publish, settings
 
     conn = db.connect("mysql_publisher")
     bootstrap = json.loads(__import__("os").environ["AIRFLOW_CONN_KAFKA_DEFAULT"])["extra"][
-        "bootstrap.servers"]
+        "bootstrap.servers"
+    ]
     topic = settings.topic() + ("_baseline" if mode == "baseline" else "")
     producer = Producer(publish.producer_config(bootstrap))
     from confluent_kafka.admin import AdminClient
@@ -89,8 +92,11 @@ def main() -> None:
     fill_s = time.monotonic() - t0
     out = {}
     for mode in ("publish", "baseline"):
-        res = subprocess.run([sys.executable, "-m", "benchmarks.bench_publish", "--child", mode,
-                              str(n)], capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, "-m", "benchmarks.bench_publish", "--child", mode, str(n)],
+            capture_output=True,
+            text=True,
+        )
         if res.returncode != 0:
             raise SystemExit(f"{mode} failed:\n{res.stderr[-3000:]}")
         out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
@@ -98,16 +104,25 @@ def main() -> None:
     pub, base = out["publish"], out["baseline"]
     assert pub["sent"] == n and base["sent"] == n, out
     rate, base_rate = n / pub["seconds"], n / base["seconds"]
-    report("publish", {
-        "events": n, "seconds": round(pub["seconds"], 2), "events_per_s": round(rate),
-        "max_rss_mib": round(pub["max_rss_mib"]), "baseline_seconds": round(base["seconds"], 2),
-        "baseline_events_per_s": round(base_rate),
-        "baseline_max_rss_mib": round(base["max_rss_mib"]),
-        "ratio_to_baseline": round(rate / base_rate, 2), "fill_seconds": round(fill_s, 1),
-        "target_events_per_s": 100_000, "target_ratio": 0.5,
-    }, f"{n:,} events in {pub['seconds']:.1f}s = {rate:,.0f}/s, max RSS "
-       f"{pub['max_rss_mib']:.0f} MiB; baseline from memory {base_rate:,.0f}/s "
-       f"({base['max_rss_mib']:.0f} MiB); ratio {rate / base_rate:.2f}")
+    report(
+        "publish",
+        {
+            "events": n,
+            "seconds": round(pub["seconds"], 2),
+            "events_per_s": round(rate),
+            "max_rss_mib": round(pub["max_rss_mib"]),
+            "baseline_seconds": round(base["seconds"], 2),
+            "baseline_events_per_s": round(base_rate),
+            "baseline_max_rss_mib": round(base["max_rss_mib"]),
+            "ratio_to_baseline": round(rate / base_rate, 2),
+            "fill_seconds": round(fill_s, 1),
+            "target_events_per_s": 100_000,
+            "target_ratio": 0.5,
+        },
+        f"{n:,} events in {pub['seconds']:.1f}s = {rate:,.0f}/s, max RSS "
+        f"{pub['max_rss_mib']:.0f} MiB; baseline from memory {base_rate:,.0f}/s "
+        f"({base['max_rss_mib']:.0f} MiB); ratio {rate / base_rate:.2f}",
+    )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,13 @@ def start_job(s, topic: str, ck: Path, log: Path, max_offsets: int, trigger: str
     sys.path.insert(0, str(ROOT))
     from tests.integration.streamjob import start_job as start
 
-    return start(s, topic, ck, log, extra=["--max-offsets-per-trigger", str(max_offsets),
-                                            "--trigger", trigger])
+    return start(
+        s,
+        topic,
+        ck,
+        log,
+        extra=["--max-offsets-per-trigger", str(max_offsets), "--trigger", trigger],
+    )
 
 
 def kill(proc) -> None:
@@ -47,22 +52,25 @@ def kill(proc) -> None:
 def produce_events(s, topic: str, n: int) -> None:
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient
-
     from regstream import publish
 
-    publish.ensure_topic(AdminClient({"bootstrap.servers": s.kafka_bootstrap}), topic, 2, 1,
-                         s.kafka_bootstrap)
+    publish.ensure_topic(
+        AdminClient({"bootstrap.servers": s.kafka_bootstrap}), topic, 2, 1, s.kafka_bootstrap
+    )
     p = Producer(publish.producer_config(s.kafka_bootstrap))
     base = datetime(2026, 11, 1)
     d = publish._Deliveries()
     rows = (
-        (str(1 + i % 2).encode(), (
-            '{"schema_version":1,"event_id":%d,"event_type":"customer_registered",'
-            '"customer_id":%d,"store_id":%d,"first_name":"MARY","last_name":"SMITH",'
-            '"email":"m@example.org","address_id":%d,"create_date":"%sZ",'
-            '"captured_at":"2026-11-24T00:00:00.000000Z"}'
-            % (i, i, 1 + i % 2, i, (base + timedelta(seconds=i % 172800)).isoformat())
-        ).encode())
+        (
+            str(1 + i % 2).encode(),
+            (
+                '{"schema_version":1,"event_id":%d,"event_type":"customer_registered",'  # noqa: UP031
+                '"customer_id":%d,"store_id":%d,"first_name":"MARY","last_name":"SMITH",'
+                '"email":"m@example.org","address_id":%d,"create_date":"%sZ",'
+                '"captured_at":"2026-11-24T00:00:00.000000Z"}'
+                % (i, i, 1 + i % 2, i, (base + timedelta(seconds=i % 172800)).isoformat())  # noqa: UP031
+            ).encode(),
+        )
         for i in range(1, n + 1)
     )
     sent = publish.produce_all(p, topic, rows, d)
@@ -72,21 +80,24 @@ def produce_events(s, topic: str, n: int) -> None:
 def throughput(s, n: int, work: Path) -> dict:
     database, topic = fresh(s)
     produce_events(s, topic, n)
-    proc = start_job(s, topic, work / "ck-throughput", work / "throughput.log", 500_000,
-                     "1 second")
+    proc = start_job(s, topic, work / "ck-throughput", work / "throughput.log", 500_000, "1 second")
     cur = root_conn(s, database).cursor()
     deadline = time.monotonic() + 900
     while True:
-        cur.execute("SELECT COALESCE(SUM(input_rows), 0) FROM stream_progress WHERE query_name "
-                    "= 'registration_counts'")
+        cur.execute(
+            "SELECT COALESCE(SUM(input_rows), 0) FROM stream_progress WHERE query_name "
+            "= 'registration_counts'"
+        )
         if cur.fetchone()[0] >= n:
             break
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"job exited or timed out; see {work / 'throughput.log'}")
         time.sleep(0.5)
-    cur.execute("SELECT input_rows, duration_ms, UNIX_TIMESTAMP(finished_at) FROM "
-                "stream_progress WHERE query_name = 'registration_counts' AND input_rows > 0 "
-                "ORDER BY batch_id")
+    cur.execute(
+        "SELECT input_rows, duration_ms, UNIX_TIMESTAMP(finished_at) FROM "
+        "stream_progress WHERE query_name = 'registration_counts' AND input_rows > 0 "
+        "ORDER BY batch_id"
+    )
     batches = cur.fetchall()
     cur.execute("SELECT SUM(registrations) FROM registrations_per_window")
     counted = int(cur.fetchone()[0])
@@ -96,9 +107,15 @@ def throughput(s, n: int, work: Path) -> dict:
     wall = float(batches[-1][2]) - first_start
     durations = [int(b[1]) for b in batches]
     assert counted == n, (counted, n)
-    return {"events": n, "seconds": round(wall, 1), "events_per_s": round(n / wall),
-            "batches": len(batches), "batch_ms": durations,
-            "batch_ms_max": max(durations), "target_events_per_s": 50_000}
+    return {
+        "events": n,
+        "seconds": round(wall, 1),
+        "events_per_s": round(n / wall),
+        "batches": len(batches),
+        "batch_ms": durations,
+        "batch_ms_max": max(durations),
+        "target_events_per_s": 50_000,
+    }
 
 
 def freshness(s, seconds: int, rate: float, work: Path) -> dict:
@@ -107,23 +124,31 @@ def freshness(s, seconds: int, rate: float, work: Path) -> dict:
     database, topic = fresh(s)
     env_py = str(s.venv / "bin" / "python")
     proc = start_job(s, topic, work / "ck-fresh", work / "freshness.log", 500_000, "1 second")
-    pub = subprocess.Popen([env_py, "-m", "regstream.publish", "--loop", "--interval", "0.1"],
-                           cwd=ROOT, env={**__import__("os").environ,
-                                          "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}"},
-                           stdout=open(work / "publisher.log", "wb"), stderr=subprocess.STDOUT)
+    pub = subprocess.Popen(
+        [env_py, "-m", "regstream.publish", "--loop", "--interval", "0.1"],
+        cwd=ROOT,
+        env={**__import__("os").environ, "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}"},
+        stdout=open(work / "publisher.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
     # warm up: wait for the job's first batch
     cur = root_conn(s, database).cursor()
     while True:
-        cur.execute("SELECT COUNT(*) FROM stream_progress WHERE query_name = "
-                    "'registration_counts'")
+        cur.execute("SELECT COUNT(*) FROM stream_progress WHERE query_name = 'registration_counts'")
         if cur.fetchone()[0] > 0:
             break
         if proc.poll() is not None:
             raise SystemExit(f"job exited; see {work / 'freshness.log'}")
         time.sleep(0.2)
     pw = config.secrets_for(s)["REG_INGEST_PASSWORD"]
-    wconn = MySQLdb.connect(host="127.0.0.1", port=s.mysql_port, user="reg_ingest", password=pw,
-                            database=database, autocommit=True)
+    wconn = MySQLdb.connect(
+        host="127.0.0.1",
+        port=s.mysql_port,
+        user="reg_ingest",
+        password=pw,
+        database=database,
+        autocommit=True,
+    )
     wcur = wconn.cursor()
     wcur.execute("SET time_zone = '+00:00'")
     commits: dict[tuple, list[float]] = {}
@@ -133,8 +158,7 @@ def freshness(s, seconds: int, rate: float, work: Path) -> dict:
     def poll() -> None:
         pc = root_conn(s, database).cursor()
         while not stop.is_set():
-            pc.execute("SELECT window_start, store_id, registrations FROM "
-                       "registrations_per_window")
+            pc.execute("SELECT window_start, store_id, registrations FROM registrations_per_window")
             now = time.time()
             for ws, store, n in pc.fetchall():
                 got = seen.setdefault((ws, store), [])
@@ -152,33 +176,51 @@ def freshness(s, seconds: int, rate: float, work: Path) -> dict:
             time.sleep(target - time.monotonic())
         store = 1 + i % 2
         now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
-        wcur.execute("INSERT INTO address (address, district, city_id, phone) VALUES "
-                     "('1 Fresh St', 'D', 1, '555')")
-        wcur.execute("INSERT INTO customer (store_id, first_name, last_name, email, address_id, "
-                     "create_date) VALUES (%s, 'FRESH', 'NESS', 'f@example.org', "
-                     "LAST_INSERT_ID(), %s)", (store, now))
+        wcur.execute(
+            "INSERT INTO address (address, district, city_id, phone) VALUES "
+            "('1 Fresh St', 'D', 1, '555')"
+        )
+        wcur.execute(
+            "INSERT INTO customer (store_id, first_name, last_name, email, address_id, "
+            "create_date) VALUES (%s, 'FRESH', 'NESS', 'f@example.org', "
+            "LAST_INSERT_ID(), %s)",
+            (store, now),
+        )
         committed = time.time()
         ws = now.replace(second=0)
         commits.setdefault((ws, store), []).append(committed)
         i += 1
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and any(
-            len(seen.get(k, [])) < len(v) for k, v in commits.items()):
+        len(seen.get(k, [])) < len(v) for k, v in commits.items()
+    ):
         time.sleep(0.2)
     stop.set()
     poller.join()
     pub.terminate()
     pub.wait()
     kill(proc)
-    lat = sorted(seen[k][j] - c for k, v in commits.items() for j, c in enumerate(v)
-                 if j < len(seen.get(k, [])))
+    lat = sorted(
+        seen[k][j] - c
+        for k, v in commits.items()
+        for j, c in enumerate(v)
+        if j < len(seen.get(k, []))
+    )
     missing = sum(len(v) for v in commits.values()) - len(lat)
     drop(s, database)
     q = statistics.quantiles(lat, n=100)
-    return {"customers": i, "rate_per_s": rate, "seconds": seconds, "not_visible": missing,
-            "p50_s": round(q[49], 2), "p95_s": round(q[94], 2), "p99_s": round(q[98], 2),
-            "max_s": round(lat[-1], 2), "mode": "publisher loop (--loop --interval 0.1), 1 s trigger",
-            "target_p95_s": 3.0}
+    return {
+        "customers": i,
+        "rate_per_s": rate,
+        "seconds": seconds,
+        "not_visible": missing,
+        "p50_s": round(q[49], 2),
+        "p95_s": round(q[94], 2),
+        "p99_s": round(q[98], 2),
+        "max_s": round(lat[-1], 2),
+        "mode": "publisher loop (--loop --interval 0.1), 1 s trigger",
+        "target_p95_s": 3.0,
+    }
 
 
 def main() -> None:
@@ -191,13 +233,20 @@ def main() -> None:
     work = s.run / "bench"
     work.mkdir(parents=True, exist_ok=True)
     t = throughput(s, args.events, work)
-    report("stream_throughput", t,
-           f"{t['events']:,} events in {t['seconds']}s = {t['events_per_s']:,}/s sustained, "
-           f"{t['batches']} batches, longest {t['batch_ms_max']} ms")
+    report(
+        "stream_throughput",
+        t,
+        f"{t['events']:,} events in {t['seconds']}s = {t['events_per_s']:,}/s sustained, "
+        f"{t['batches']} batches, longest {t['batch_ms_max']} ms",
+    )
     f = freshness(s, args.seconds, args.rate, work)
-    report("freshness", f, f"{f['customers']} customers at {f['rate_per_s']}/s: commit -> "
-           f"visible p50 {f['p50_s']} s, p95 {f['p95_s']} s, p99 {f['p99_s']} s "
-           f"({f['mode']}); {f['not_visible']} never visible")
+    report(
+        "freshness",
+        f,
+        f"{f['customers']} customers at {f['rate_per_s']}/s: commit -> "
+        f"visible p50 {f['p50_s']} s, p95 {f['p95_s']} s, p99 {f['p99_s']} s "
+        f"({f['mode']}); {f['not_visible']} never visible",
+    )
     print(json.dumps({"ok": True}))
 
 

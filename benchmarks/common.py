@@ -32,9 +32,16 @@ def fresh(s: config.Settings) -> tuple[str, str]:
     services.apply_schema(s, database=name)
     pw = config.secrets_for(s)
     for role, user in config.ROLES.items():
-        os.environ[f"AIRFLOW_CONN_MYSQL_{role.upper()}"] = json.dumps({
-            "conn_type": "mysql", "host": "127.0.0.1", "port": s.mysql_port, "login": user,
-            "password": pw[f"REG_{role.upper()}_PASSWORD"], "schema": name})
+        os.environ[f"AIRFLOW_CONN_MYSQL_{role.upper()}"] = json.dumps(
+            {
+                "conn_type": "mysql",
+                "host": "127.0.0.1",
+                "port": s.mysql_port,
+                "login": user,
+                "password": pw[f"REG_{role.upper()}_PASSWORD"],
+                "schema": name,
+            }
+        )
     os.environ["REGSTREAM_TOPIC"] = name
     return name, name
 
@@ -42,9 +49,14 @@ def fresh(s: config.Settings) -> tuple[str, str]:
 def root_conn(s: config.Settings, database: str | None = None) -> Any:
     import MySQLdb
 
-    conn = MySQLdb.connect(unix_socket=str(s.mysql_socket), user="root",
-                           password=config.secrets_for(s)["MYSQL_ROOT_PASSWORD"],
-                           database=database or "", autocommit=True, charset="utf8mb4")
+    conn = MySQLdb.connect(
+        unix_socket=str(s.mysql_socket),
+        user="root",
+        password=config.secrets_for(s)["MYSQL_ROOT_PASSWORD"],
+        database=database or "",
+        autocommit=True,
+        charset="utf8mb4",
+    )
     conn.cursor().execute("SET time_zone = '+00:00'")
     return conn
 
@@ -54,12 +66,24 @@ def drop(s: config.Settings, database: str) -> None:
 
 
 def machine() -> dict[str, Any]:
-    mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo")
-                  if line.startswith("MemTotal"))
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    return {"cpus": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "cpu": cpu,
-            "os": platform.platform(), "python": platform.python_version()}
+    mem_kb = next(
+        int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal")
+    )
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "cpu": cpu,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def report(name: str, figures: dict[str, Any], human: str) -> None:

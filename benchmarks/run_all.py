@@ -17,10 +17,20 @@ from benchmarks.common import ROOT, machine
 SCRIPTS = ["benchmarks.bench_ingest", "benchmarks.bench_publish", "benchmarks.bench_stream"]
 
 ROWS = [  # (benchmark, label, figure, baseline figure, target)
-    ("ingest", "ingest 200k customers (customers/s)", "customers_per_s",
-     "baseline_customers_per_s", ">= 10,000 and >= 0.5 x baseline"),
-    ("publish", "publish 1M CDC events (events/s)", "events_per_s", "baseline_events_per_s",
-     ">= 100,000 and >= 0.5 x baseline"),
+    (
+        "ingest",
+        "ingest 200k customers (customers/s)",
+        "customers_per_s",
+        "baseline_customers_per_s",
+        ">= 10,000 and >= 0.5 x baseline",
+    ),
+    (
+        "publish",
+        "publish 1M CDC events (events/s)",
+        "events_per_s",
+        "baseline_events_per_s",
+        ">= 100,000 and >= 0.5 x baseline",
+    ),
     ("publish", "publish peak memory (MiB)", "max_rss_mib", "baseline_max_rss_mib", "bounded"),
     ("stream_throughput", "stream 2M events (events/s)", "events_per_s", None, ">= 50,000"),
     ("freshness", "commit -> visible p50 / p95 / p99 (s)", None, None, "p95 < 3 s"),
@@ -31,8 +41,9 @@ def main() -> None:
     results: dict[str, dict] = {}
     t0 = time.monotonic()
     for script in SCRIPTS:
-        res = subprocess.run([sys.executable, "-m", script], cwd=ROOT, capture_output=True,
-                             text=True)
+        res = subprocess.run(
+            [sys.executable, "-m", script], cwd=ROOT, capture_output=True, text=True
+        )
         for line in res.stdout.splitlines():
             if line.startswith("{") and '"benchmark"' in line:
                 d = json.loads(line)
@@ -41,13 +52,21 @@ def main() -> None:
                 print(line)
         if res.returncode != 0:
             print(f"{script} FAILED:\n{res.stderr[-3000:]}", file=sys.stderr)
-    out = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "machine": machine(), "seconds": round(time.monotonic() - t0), "results": results}
+    out = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "seconds": round(time.monotonic() - t0),
+        "results": results,
+    }
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps(out, indent=2) + "\n")
     m = out["machine"]
-    lines = [f"Measured {out['date']} on {m['cpus']} cores, {m['memory_gib']} GiB, {m['cpu']}, "
-             f"Python {m['python']}.", "", "| benchmark | result | baseline | target |",
-             "|---|---|---|---|"]
+    lines = [
+        f"Measured {out['date']} on {m['cpus']} cores, {m['memory_gib']} GiB, {m['cpu']}, "
+        f"Python {m['python']}.",
+        "",
+        "| benchmark | result | baseline | target |",
+        "|---|---|---|---|",
+    ]
     for bench, label, key, base, target in ROWS:
         r = results.get(bench)
         if r is None:

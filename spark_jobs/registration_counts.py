@@ -44,19 +44,21 @@ from pyspark.sql.types import (
 )
 
 SCHEMA_VERSION = 1
-EVENT_SCHEMA = StructType([
-    StructField("schema_version", IntegerType()),
-    StructField("event_id", LongType()),
-    StructField("event_type", StringType()),
-    StructField("customer_id", LongType()),
-    StructField("store_id", IntegerType()),
-    StructField("first_name", StringType()),
-    StructField("last_name", StringType()),
-    StructField("email", StringType()),
-    StructField("address_id", LongType()),
-    StructField("create_date", TimestampType()),
-    StructField("captured_at", TimestampType()),
-])
+EVENT_SCHEMA = StructType(
+    [
+        StructField("schema_version", IntegerType()),
+        StructField("event_id", LongType()),
+        StructField("event_type", StringType()),
+        StructField("customer_id", LongType()),
+        StructField("store_id", IntegerType()),
+        StructField("first_name", StringType()),
+        StructField("last_name", StringType()),
+        StructField("email", StringType()),
+        StructField("address_id", LongType()),
+        StructField("create_date", TimestampType()),
+        StructField("captured_at", TimestampType()),
+    ]
+)
 REQUIRED = ("schema_version", "event_id", "event_type", "customer_id", "store_id", "create_date")
 JSON_OPTIONS = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX", "mode": "PERMISSIVE"}
 
@@ -67,23 +69,32 @@ QUARANTINE_QUERY = "registration_quarantine"
 def _reason(raw: Column, parsed: Column) -> Column:
     """Why a message is not a usable event; null when it is."""
     obj = F.from_json(raw, MapType(StringType(), StringType()))
-    checks = [F.when(raw.isNull(), F.lit("empty value")),
-              F.when(raw.isNotNull() & obj.isNull(), F.lit("not a JSON object"))]
+    checks = [
+        F.when(raw.isNull(), F.lit("empty value")),
+        F.when(raw.isNotNull() & obj.isNull(), F.lit("not a JSON object")),
+    ]
     for name in REQUIRED:
         present = obj.getItem(name).isNotNull()
         checks.append(F.when(obj.isNotNull() & ~present, F.lit(f"missing field {name}")))
-        checks.append(F.when(obj.isNotNull() & present & parsed[name].isNull(),
-                             F.lit(f"wrong type for {name}")))
-    checks.append(F.when(
-        parsed["schema_version"].isNotNull() & (parsed["schema_version"] != SCHEMA_VERSION),
-        F.concat(F.lit("unsupported schema_version "), parsed["schema_version"].cast("string"))))
+        checks.append(
+            F.when(
+                obj.isNotNull() & present & parsed[name].isNull(), F.lit(f"wrong type for {name}")
+            )
+        )
+    checks.append(
+        F.when(
+            parsed["schema_version"].isNotNull() & (parsed["schema_version"] != SCHEMA_VERSION),
+            F.concat(F.lit("unsupported schema_version "), parsed["schema_version"].cast("string")),
+        )
+    )
     detailed = F.concat_ws("; ", *checks)
     ok = parsed["schema_version"] == SCHEMA_VERSION
     for name in REQUIRED:
         ok = ok & parsed[name].isNotNull()
     # The detailed (second) parse runs only for bad messages.
     return F.when(ok, F.lit(None).cast("string")).otherwise(
-        F.when(detailed == "", F.lit("invalid event")).otherwise(detailed))
+        F.when(detailed == "", F.lit("invalid event")).otherwise(detailed)
+    )
 
 
 def parse_events(kafka_rows: DataFrame) -> DataFrame:
@@ -91,26 +102,48 @@ def parse_events(kafka_rows: DataFrame) -> DataFrame:
     raw = F.col("value").cast("string")
     parsed = F.from_json(raw, EVENT_SCHEMA, JSON_OPTIONS)
     return (
-        kafka_rows.select(raw.alias("raw_value"), F.col("key").alias("raw_key"), "topic",
-                          "partition", "offset", F.col("timestamp").alias("kafka_timestamp"),
-                          parsed.alias("e"))
+        kafka_rows.select(
+            raw.alias("raw_value"),
+            F.col("key").alias("raw_key"),
+            "topic",
+            "partition",
+            "offset",
+            F.col("timestamp").alias("kafka_timestamp"),
+            parsed.alias("e"),
+        )
         .withColumn("reason", _reason(F.col("raw_value"), F.col("e")))
-        .select("e.*", "reason", "raw_value", "raw_key", "topic", "partition", "offset",
-                "kafka_timestamp")
+        .select(
+            "e.*",
+            "reason",
+            "raw_value",
+            "raw_key",
+            "topic",
+            "partition",
+            "offset",
+            "kafka_timestamp",
+        )
     )
 
 
-def build_counts(events: DataFrame, window: str = "1 minute", slide: str | None = None,
-                 lateness: str = "7 days") -> DataFrame:
+def build_counts(
+    events: DataFrame, window: str = "1 minute", slide: str | None = None, lateness: str = "7 days"
+) -> DataFrame:
     """Valid events -> registrations per (window, store), repeats of an event_id counted once."""
     valid = events.where(F.col("reason").isNull())
-    deduped = (valid.withWatermark("create_date", lateness)
-               .dropDuplicatesWithinWatermark(["event_id"]))
+    deduped = valid.withWatermark("create_date", lateness).dropDuplicatesWithinWatermark(
+        ["event_id"]
+    )
     win = F.window("create_date", window, slide) if slide else F.window("create_date", window)
-    return (deduped.groupBy(win.alias("w"), F.col("store_id"))
-            .agg(F.count(F.lit(1)).alias("registrations"))
-            .select(F.col("w.start").alias("window_start"), F.col("w.end").alias("window_end"),
-                    "store_id", "registrations"))
+    return (
+        deduped.groupBy(win.alias("w"), F.col("store_id"))
+        .agg(F.count(F.lit(1)).alias("registrations"))
+        .select(
+            F.col("w.start").alias("window_start"),
+            F.col("w.end").alias("window_end"),
+            "store_id",
+            "registrations",
+        )
+    )
 
 
 # ------------------------------------------------------------------ MySQL sink
@@ -130,8 +163,14 @@ def mysql_params(conn_env: str) -> dict[str, Any]:
         host, port, db = u.hostname, u.port, u.path.lstrip("/")
         user = urllib.parse.unquote(u.username or "")
         password = urllib.parse.unquote(u.password or "")
-    return {"host": host or "127.0.0.1", "port": int(port or 3306), "user": user,
-            "password": password or "", "database": db, "charset": "utf8mb4"}
+    return {
+        "host": host or "127.0.0.1",
+        "port": int(port or 3306),
+        "user": user,
+        "password": password or "",
+        "database": db,
+        "charset": "utf8mb4",
+    }
 
 
 def mysql_connect(params: dict[str, Any]) -> Any:
@@ -173,24 +212,39 @@ class Sink:
         return self.conn.cursor()
 
     def write_counts(self, batch: DataFrame, batch_id: int) -> None:
-        rows = [(r.window_start, r.window_end, r.store_id, r.registrations, batch_id)
-                for r in batch.collect()]
+        rows = [
+            (r.window_start, r.window_end, r.store_id, r.registrations, batch_id)
+            for r in batch.collect()
+        ]
         if rows:
             cur = self._cursor()
             cur.executemany(UPSERT, rows)
             cur.close()
 
     def write_quarantine(self, batch: DataFrame, batch_id: int) -> None:
-        rows = [(r.topic, r.partition, r.offset, r.kafka_timestamp, r.raw_key,
-                 r.raw_value.encode() if r.raw_value is not None else None, r.reason[:500])
-                for r in batch.select("topic", "partition", "offset", "kafka_timestamp",
-                                      "raw_key", "raw_value", "reason").collect()]
+        rows = [
+            (
+                r.topic,
+                r.partition,
+                r.offset,
+                r.kafka_timestamp,
+                r.raw_key,
+                r.raw_value.encode() if r.raw_value is not None else None,
+                r.reason[:500],
+            )
+            for r in batch.select(
+                "topic", "partition", "offset", "kafka_timestamp", "raw_key", "raw_value", "reason"
+            ).collect()
+        ]
         if rows:
             cur = self._cursor()
             cur.executemany(QUARANTINE, rows)
             cur.close()
-            print(f"[quarantine] batch {batch_id}: {len(rows)} messages quarantined, "
-                  f"first reason: {rows[0][6]}", flush=True)
+            print(
+                f"[quarantine] batch {batch_id}: {len(rows)} messages quarantined, "
+                f"first reason: {rows[0][6]}",
+                flush=True,
+            )
 
     def write_progress(self, p: dict[str, Any]) -> None:
         cur = self._cursor()
@@ -202,8 +256,17 @@ class Sink:
             "duration_ms = VALUES(duration_ms), event_watermark = VALUES(event_watermark), "
             "late_rows_dropped = VALUES(late_rows_dropped), state_rows = VALUES(state_rows), "
             "kafka_end_offsets = VALUES(kafka_end_offsets), finished_at = CURRENT_TIMESTAMP(6)",
-            (p["name"], p["batch_id"], p["input_rows"], p["rows_per_second"], p["duration_ms"],
-             p["watermark"], p["late_rows_dropped"], p["state_rows"], p["end_offsets"]),
+            (
+                p["name"],
+                p["batch_id"],
+                p["input_rows"],
+                p["rows_per_second"],
+                p["duration_ms"],
+                p["watermark"],
+                p["late_rows_dropped"],
+                p["state_rows"],
+                p["end_offsets"],
+            ),
         )
         cur.close()
 
@@ -234,16 +297,21 @@ def progress_listener(sink: Sink) -> Any:
 
     class ProgressLogger(StreamingQueryListener):
         def onQueryStarted(self, event: Any) -> None:
-            print(f"[progress] query {event.name} started (id {event.id}, run {event.runId})",
-                  flush=True)
+            print(
+                f"[progress] query {event.name} started (id {event.id}, run {event.runId})",
+                flush=True,
+            )
 
         def onQueryProgress(self, event: Any) -> None:
             p = progress_summary(event.progress)
             if p["input_rows"] or p["name"] == COUNTS_QUERY:
-                print(f"[progress] {p['name']} batch {p['batch_id']}: {p['input_rows']} input "
-                      f"rows, {p['rows_per_second']} rows/s, {p['duration_ms']} ms, watermark "
-                      f"{p['watermark']}, late rows dropped {p['late_rows_dropped']}, state "
-                      f"rows {p['state_rows']}, offsets {p['end_offsets']}", flush=True)
+                print(
+                    f"[progress] {p['name']} batch {p['batch_id']}: {p['input_rows']} input "
+                    f"rows, {p['rows_per_second']} rows/s, {p['duration_ms']} ms, watermark "
+                    f"{p['watermark']}, late rows dropped {p['late_rows_dropped']}, state "
+                    f"rows {p['state_rows']}, offsets {p['end_offsets']}",
+                    flush=True,
+                )
             try:
                 sink.write_progress(p)
             except Exception as exc:  # noqa: BLE001 - progress rows must not kill the job
@@ -253,8 +321,10 @@ def progress_listener(sink: Sink) -> Any:
             pass
 
         def onQueryTerminated(self, event: Any) -> None:
-            print(f"[progress] query {event.id} terminated: {event.exception or 'clean stop'}",
-                  flush=True)
+            print(
+                f"[progress] query {event.id} terminated: {event.exception or 'clean stop'}",
+                flush=True,
+            )
 
     return ProgressLogger()
 
@@ -264,10 +334,10 @@ def progress_listener(sink: Sink) -> Any:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="per-store registration counts per window")
-    p.add_argument("--bootstrap", default=os.environ.get("REGSTREAM_KAFKA_BOOTSTRAP",
-                                                         "127.0.0.1:9092"))
-    p.add_argument("--topic", default=os.environ.get("REGSTREAM_TOPIC",
-                                                     "customer_registrations"))
+    p.add_argument(
+        "--bootstrap", default=os.environ.get("REGSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    )
+    p.add_argument("--topic", default=os.environ.get("REGSTREAM_TOPIC", "customer_registrations"))
     p.add_argument("--checkpoint-dir", required=True)
     p.add_argument("--window", default="1 minute", help="window length (default 1 minute)")
     p.add_argument("--slide", default=None, help="slide for sliding windows (default: tumbling)")
@@ -275,20 +345,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trigger", default="1 second", help="micro-batch interval (default 1 s)")
     p.add_argument("--max-offsets-per-trigger", type=int, default=500_000)
     p.add_argument("--starting-offsets", default="earliest")
-    p.add_argument("--sink-conn-env", default="AIRFLOW_CONN_MYSQL_STREAM",
-                   help="env var holding the MySQL sink connection (Airflow JSON or URI)")
-    p.add_argument("--lock-timeout", type=int, default=60,
-                   help="seconds to wait for another instance to release the job lock")
+    p.add_argument(
+        "--sink-conn-env",
+        default="AIRFLOW_CONN_MYSQL_STREAM",
+        help="env var holding the MySQL sink connection (Airflow JSON or URI)",
+    )
+    p.add_argument(
+        "--lock-timeout",
+        type=int,
+        default=60,
+        help="seconds to wait for another instance to release the job lock",
+    )
     return p.parse_args(argv)
 
 
 def kafka_source(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
-    return (spark.readStream.format("kafka")
-            .option("kafka.bootstrap.servers", args.bootstrap)
-            .option("subscribe", args.topic)
-            .option("startingOffsets", args.starting_offsets)
-            .option("maxOffsetsPerTrigger", args.max_offsets_per_trigger)
-            .load())
+    return (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", args.bootstrap)
+        .option("subscribe", args.topic)
+        .option("startingOffsets", args.starting_offsets)
+        .option("maxOffsetsPerTrigger", args.max_offsets_per_trigger)
+        .load()
+    )
 
 
 def acquire_instance_lock(params: dict[str, Any], name: str, timeout: int) -> Any:
@@ -311,30 +390,44 @@ def main(argv: list[str] | None = None) -> int:
     stop_file = checkpoints / "STOP"
     stop_file.unlink(missing_ok=True)
 
-    spark = (SparkSession.builder.appName("registration_counts")
-             .config("spark.sql.session.timeZone", "UTC")
-             .config("spark.sql.streaming.stateStore.providerClass",
-                     "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
-             .config("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled",
-                     "true")
-             .getOrCreate())
+    spark = (
+        SparkSession.builder.appName("registration_counts")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config(
+            "spark.sql.streaming.stateStore.providerClass",
+            "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
+        )
+        .config("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")
+        .getOrCreate()
+    )
     spark.sparkContext.setLogLevel("WARN")
     sink = Sink(params)
     spark.streams.addListener(progress_listener(sink))
 
     events = parse_events(kafka_source(spark, args))
     counts = build_counts(events, args.window, args.slide, args.lateness)
-    q_counts = (counts.writeStream.queryName(COUNTS_QUERY).outputMode("update")
-                .foreachBatch(sink.write_counts)
-                .option("checkpointLocation", str(checkpoints / COUNTS_QUERY))
-                .trigger(processingTime=args.trigger).start())
+    q_counts = (
+        counts.writeStream.queryName(COUNTS_QUERY)
+        .outputMode("update")
+        .foreachBatch(sink.write_counts)
+        .option("checkpointLocation", str(checkpoints / COUNTS_QUERY))
+        .trigger(processingTime=args.trigger)
+        .start()
+    )
     bad = parse_events(kafka_source(spark, args)).where(F.col("reason").isNotNull())
-    q_bad = (bad.writeStream.queryName(QUARANTINE_QUERY).foreachBatch(sink.write_quarantine)
-             .option("checkpointLocation", str(checkpoints / QUARANTINE_QUERY))
-             .trigger(processingTime=args.trigger).start())
-    print(f"[job] started: topic {args.topic} at {args.bootstrap}, window {args.window}, "
-          f"slide {args.slide or 'tumbling'}, lateness {args.lateness}, trigger {args.trigger}, "
-          f"checkpoints {checkpoints}; touch {stop_file} to stop", flush=True)
+    q_bad = (
+        bad.writeStream.queryName(QUARANTINE_QUERY)
+        .foreachBatch(sink.write_quarantine)
+        .option("checkpointLocation", str(checkpoints / QUARANTINE_QUERY))
+        .trigger(processingTime=args.trigger)
+        .start()
+    )
+    print(
+        f"[job] started: topic {args.topic} at {args.bootstrap}, window {args.window}, "
+        f"slide {args.slide or 'tumbling'}, lateness {args.lateness}, trigger {args.trigger}, "
+        f"checkpoints {checkpoints}; touch {stop_file} to stop",
+        flush=True,
+    )
     try:
         while True:
             for q in (q_counts, q_bad):

@@ -40,13 +40,16 @@ def up(s: config.Settings, *, airflow: bool = True, unpause: bool = True) -> Non
         if unpause:
             unpause_dags(s)
     pw = config.secrets_for(s)["AIRFLOW_ADMIN_PASSWORD"]
-    log.info("stack %s ready in %.1fs (installs %.1fs)", s.profile, time.monotonic() - t0,
-             t_install)
+    log.info(
+        "stack %s ready in %.1fs (installs %.1fs)", s.profile, time.monotonic() - t0, t_install
+    )
     if airflow:
         print(f"\nAirflow UI: {s.airflow_url}   login: admin / {pw}")
         print(f"Live view:  {s.airflow_url}/regstream/")
-    print(f"MySQL:      127.0.0.1:{s.mysql_port} database {config.DATABASE} "
-          f"(passwords in {s.secrets_file})")
+    print(
+        f"MySQL:      127.0.0.1:{s.mysql_port} database {config.DATABASE} "
+        f"(passwords in {s.secrets_file})"
+    )
     print(f"Kafka:      {s.kafka_bootstrap} topic {config.TOPIC}")
 
 
@@ -57,7 +60,10 @@ def _port(s: config.Settings, name: str) -> int:
 def airflow_cli(s: config.Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(s.venv / "bin" / "airflow"), *args],
-        env=services.airflow_env(s), capture_output=True, text=True, check=check,
+        env=services.airflow_env(s),
+        capture_output=True,
+        text=True,
+        check=check,
         cwd=str(s.run),
     )
 
@@ -76,7 +82,8 @@ def unpause_dags(s: config.Settings, timeout: float = 120) -> None:
     if pending:
         raise services.ServiceError(
             f"DAGs not parsed in {timeout:.0f}s: {sorted(pending)}; see "
-            f"{s.logs / 'airflow.log'} and `airflow dags list-import-errors`")
+            f"{s.logs / 'airflow.log'} and `airflow dags list-import-errors`"
+        )
     log.info("unpaused %s", ", ".join(DAG_IDS))
 
 
@@ -92,26 +99,33 @@ def status(s: config.Settings) -> int:
         pid = services.read_pid(s.run / f"{name}.pid")
         ok = bool(pid) and checks[name]()
         down += not ok
-        rows.append(f"{name:8} {'up' if ok else 'DOWN':5} port {_port(s, name):<6} "
-                    f"pid {pid or '-'}")
+        rows.append(
+            f"{name:8} {'up' if ok else 'DOWN':5} port {_port(s, name):<6} pid {pid or '-'}"
+        )
     extra = services.marked_pids(s)
     rss_kb = 0
     for pid in extra:
         try:
             # Pss: shared pages (forked Airflow workers) counted once, proportionally.
-            rss_kb += next(int(line.split()[1]) for line in open(f"/proc/{pid}/smaps_rollup")
-                           if line.startswith("Pss:"))
+            rss_kb += next(
+                int(line.split()[1])
+                for line in open(f"/proc/{pid}/smaps_rollup")
+                if line.startswith("Pss:")
+            )
         except (OSError, StopIteration):
             pass
     print(f"profile {s.profile} ({s.run})")
     print("\n".join(rows))
-    print(f"processes of this profile: {len(extra)}, resident memory (PSS) {rss_kb / 1024:,.0f} MiB")
+    print(
+        f"processes of this profile: {len(extra)}, resident memory (PSS) {rss_kb / 1024:,.0f} MiB"
+    )
     return 1 if down else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
     p = argparse.ArgumentParser(prog="stackctl", description=__doc__)
     p.add_argument("--profile", choices=["local", "test"], default=None)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -149,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             stop = s.spark_state / "checkpoints" / "STOP"
             stop.parent.mkdir(parents=True, exist_ok=True)
             stop.touch()
-            print(f"paused stream_registration_counts and asked the job to stop ({stop}); "
-                  "`airflow dags unpause stream_registration_counts` restarts it")
+            print(
+                f"paused stream_registration_counts and asked the job to stop ({stop}); "
+                "`airflow dags unpause stream_registration_counts` restarts it"
+            )
         elif args.cmd == "env":
             import shlex
 

@@ -119,8 +119,14 @@ def _spawn(s: Settings, name: str, argv: list[str], env: dict[str, str] | None =
 # ---------------------------------------------------------------- MariaDB
 
 
-def mysql_cli(s: Settings, sql: str | None = None, *, database: str | None = None,
-              file: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def mysql_cli(
+    s: Settings,
+    sql: str | None = None,
+    *,
+    database: str | None = None,
+    file: Path | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
     pw = secrets_for(s)["MYSQL_ROOT_PASSWORD"]
     argv = ["mariadb", "--no-defaults", f"--socket={s.mysql_socket}", "-uroot", "-N", "-B"]
     env = dict(os.environ, MYSQL_PWD=pw)
@@ -157,34 +163,57 @@ def start_mariadb(s: Settings) -> None:
         shutil.rmtree(data, ignore_errors=True)
         data.mkdir(parents=True)
         subprocess.run(
-            ["mariadb-install-db", "--no-defaults", f"--datadir={data}",
-             f"--user={getpass.getuser()}", "--auth-root-authentication-method=normal",
-             "--skip-test-db"],
-            check=True, capture_output=True,
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--user={getpass.getuser()}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            check=True,
+            capture_output=True,
         )
     argv = [
-        "mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={s.mysql_socket}",
-        f"--port={s.mysql_port}", "--bind-address=127.0.0.1", f"--user={getpass.getuser()}",
-        f"--pid-file={s.run / 'mysql' / 'mariadbd.pid'}", f"--log-error={logfile}",
-        "--default-time-zone=+00:00", "--character-set-server=utf8mb4",
+        "mariadbd",
+        "--no-defaults",
+        f"--datadir={data}",
+        f"--socket={s.mysql_socket}",
+        f"--port={s.mysql_port}",
+        "--bind-address=127.0.0.1",
+        f"--user={getpass.getuser()}",
+        f"--pid-file={s.run / 'mysql' / 'mariadbd.pid'}",
+        f"--log-error={logfile}",
+        "--default-time-zone=+00:00",
+        "--character-set-server=utf8mb4",
         "--collation-server=utf8mb4_unicode_ci",
-        "--innodb-buffer-pool-size=512M", "--innodb-log-file-size=256M",
+        "--innodb-buffer-pool-size=512M",
+        "--innodb-log-file-size=256M",
         # Local development durability: the OS cache survives a crash of mariadbd itself.
         "--innodb-flush-log-at-trx-commit=2",
-        "--log-bin-trust-function-creators=1", "--max-connections=300",
+        "--log-bin-trust-function-creators=1",
+        "--max-connections=300",
         "--skip-name-resolve",
     ]
     _spawn(s, "mariadb", argv)
     # The socket appears first; a query proves it.
     if fresh:
-        wait_until("MariaDB", lambda: s.mysql_socket.exists() and port_open(s.mysql_port),
-                   60, logfile)
+        wait_until(
+            "MariaDB", lambda: s.mysql_socket.exists() and port_open(s.mysql_port), 60, logfile
+        )
         pw = secrets_for(s)["MYSQL_ROOT_PASSWORD"]
         subprocess.run(
-            ["mariadb", "--no-defaults", f"--socket={s.mysql_socket}", "-uroot", "-e",
-             f"ALTER USER 'root'@'localhost' IDENTIFIED BY '{pw}';"
-             "DELETE FROM mysql.global_priv WHERE User='';FLUSH PRIVILEGES;"],
-            check=True, capture_output=True,
+            [
+                "mariadb",
+                "--no-defaults",
+                f"--socket={s.mysql_socket}",
+                "-uroot",
+                "-e",
+                f"ALTER USER 'root'@'localhost' IDENTIFIED BY '{pw}';"
+                "DELETE FROM mysql.global_priv WHERE User='';FLUSH PRIVILEGES;",
+            ],
+            check=True,
+            capture_output=True,
         )
     wait_until("MariaDB", lambda: _mysql_ready(s), 60, logfile)
 
@@ -212,39 +241,50 @@ def apply_schema(s: Settings, database: str = DATABASE) -> None:
 
 
 def _kafka_properties(s: Settings) -> str:
-    return "\n".join([
-        "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.bootstrap.servers=127.0.0.1:{s.kafka_controller_port}",
-        f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},"
-        f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},"
-        f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-        "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-        f"log.dirs={s.run / 'kafka' / 'data'}",
-        "num.partitions=2",
-        "offsets.topic.replication.factor=1",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
-        "group.initial.rebalance.delay.ms=0",
-        "auto.create.topics.enable=false",
-        "log.retention.hours=336",
-        "",
-    ])
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers=127.0.0.1:{s.kafka_controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},"
+            f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},"
+            f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={s.run / 'kafka' / 'data'}",
+            "num.partitions=2",
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=false",
+            "log.retention.hours=336",
+            "",
+        ]
+    )
 
 
 def _kafka_java(s: Settings, cls: str, *args: str, heap: bool = False) -> list[str]:
     argv = ["java"]
     if heap:
-        argv += [f"-Xms{min(256, s.kafka_heap_mb)}m", f"-Xmx{s.kafka_heap_mb}m",
-                 "-XX:+UseG1GC", "-Djava.awt.headless=true"]
+        argv += [
+            f"-Xms{min(256, s.kafka_heap_mb)}m",
+            f"-Xmx{s.kafka_heap_mb}m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+        ]
     log4j = s.run / "kafka" / "log4j2.yaml"
-    argv += [f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{s.jars / 'kafka-broker'}/*",
-             cls, *args]
+    argv += [
+        f"-Dlog4j2.configurationFile={log4j}",
+        "-cp",
+        f"{s.jars / 'kafka-broker'}/*",
+        cls,
+        *args,
+    ]
     return argv
 
 
@@ -287,21 +327,38 @@ def start_kafka(s: Settings) -> None:
         return
     for port in (s.kafka_port, s.kafka_controller_port):
         if port_open(port):
-            raise ServiceError(f"port {port} is taken by another program: set "
-                               "REG_KAFKA_PORT / REG_KAFKA_CONTROLLER_PORT to free ports")
+            raise ServiceError(
+                f"port {port} is taken by another program: set "
+                "REG_KAFKA_PORT / REG_KAFKA_CONTROLLER_PORT to free ports"
+            )
     kdir.mkdir(parents=True, exist_ok=True)
     props = kdir / "server.properties"
     props.write_text(_kafka_properties(s))
     (kdir / "log4j2.yaml").write_text(LOG4J2)
     if not (kdir / "data" / "meta.properties").exists():
-        cluster_id = subprocess.run(
-            _kafka_java(s, "kafka.tools.StorageTool", "random-uuid"),
-            check=True, capture_output=True, text=True,
-        ).stdout.strip().splitlines()[-1]
+        cluster_id = (
+            subprocess.run(
+                _kafka_java(s, "kafka.tools.StorageTool", "random-uuid"),
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         subprocess.run(
-            _kafka_java(s, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                        "-c", str(props), "--standalone"),
-            check=True, capture_output=True,
+            _kafka_java(
+                s,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(props),
+                "--standalone",
+            ),
+            check=True,
+            capture_output=True,
         )
     s.logs.mkdir(parents=True, exist_ok=True)
     offset = logfile.stat().st_size if logfile.exists() else 0
@@ -317,33 +374,36 @@ def airflow_env(s: Settings) -> dict[str, str]:
     home = s.airflow_home
     pw = secrets_for(s)
     env.update(connection_env(s))
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": str(s.airflow_parallelism),
-        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(s.airflow_parallelism),
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE":
-            str(home / "simple_auth_manager_passwords.json"),
-        "AIRFLOW__CORE__DEFAULT_TIMEZONE": "utc",
-        "AIRFLOW__API__PORT": str(s.airflow_port),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__BASE_URL": s.airflow_url,
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{s.airflow_url}/execution/",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
-        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "90",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        "AIRFLOW__API_AUTH__JWT_SECRET": pw["AIRFLOW_ADMIN_PASSWORD"] + "-jwt",
-        "AIRFLOW__CORE__FERNET_KEY": "",
-        "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}",
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": str(s.airflow_parallelism),
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(s.airflow_parallelism),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(
+                home / "simple_auth_manager_passwords.json"
+            ),
+            "AIRFLOW__CORE__DEFAULT_TIMEZONE": "utc",
+            "AIRFLOW__API__PORT": str(s.airflow_port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__BASE_URL": s.airflow_url,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{s.airflow_url}/execution/",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "90",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "AIRFLOW__API_AUTH__JWT_SECRET": pw["AIRFLOW_ADMIN_PASSWORD"] + "-jwt",
+            "AIRFLOW__CORE__FERNET_KEY": "",
+            "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}",
+        }
+    )
     return env
 
 
@@ -369,16 +429,19 @@ def start_airflow(s: Settings) -> None:
     if read_pid(pidfile) and airflow_healthy(s):
         return
     if port_open(s.airflow_port):
-        raise ServiceError(f"port {s.airflow_port} is taken by another program: "
-                           "set REG_AIRFLOW_PORT to a free port")
+        raise ServiceError(
+            f"port {s.airflow_port} is taken by another program: "
+            "set REG_AIRFLOW_PORT to a free port"
+        )
     home = s.airflow_home
     home.mkdir(parents=True, exist_ok=True)
     pwfile = home / "simple_auth_manager_passwords.json"
     pwfile.write_text(json.dumps({"admin": secrets_for(s)["AIRFLOW_ADMIN_PASSWORD"]}))
     env = airflow_env(s)
     airflow = str(s.venv / "bin" / "airflow")
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True,
-                   cwd=str(s.run))
+    subprocess.run(
+        [airflow, "db", "migrate"], env=env, check=True, capture_output=True, cwd=str(s.run)
+    )
     _spawn(s, "airflow", [airflow, "standalone"], env=env)
     wait_until("Airflow", lambda: airflow_healthy(s), 180, logfile)
 

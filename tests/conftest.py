@@ -99,9 +99,13 @@ def role_conn(s: config.Settings, role: str, database: str) -> Any:
     import MySQLdb
 
     conn = MySQLdb.connect(
-        host="127.0.0.1", port=s.mysql_port, user=config.ROLES[role],
-        password=config.secrets_for(s)[f"REG_{role.upper()}_PASSWORD"], database=database,
-        autocommit=True, charset="utf8mb4",
+        host="127.0.0.1",
+        port=s.mysql_port,
+        user=config.ROLES[role],
+        password=config.secrets_for(s)[f"REG_{role.upper()}_PASSWORD"],
+        database=database,
+        autocommit=True,
+        charset="utf8mb4",
     )
     conn.cursor().execute("SET time_zone = '+00:00'")
     return conn
@@ -111,10 +115,19 @@ def point_connections_at(s: config.Settings, database: str, monkeypatch: Any) ->
     """AIRFLOW_CONN_MYSQL_* of every role -> `database` (how the hooks find it)."""
     pw = config.secrets_for(s)
     for role, user in config.ROLES.items():
-        monkeypatch.setenv(f"AIRFLOW_CONN_MYSQL_{role.upper()}", json.dumps({
-            "conn_type": "mysql", "host": "127.0.0.1", "port": s.mysql_port, "login": user,
-            "password": pw[f"REG_{role.upper()}_PASSWORD"], "schema": database,
-        }))
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_MYSQL_{role.upper()}",
+            json.dumps(
+                {
+                    "conn_type": "mysql",
+                    "host": "127.0.0.1",
+                    "port": s.mysql_port,
+                    "login": user,
+                    "password": pw[f"REG_{role.upper()}_PASSWORD"],
+                    "schema": database,
+                }
+            ),
+        )
 
 
 @pytest.fixture
@@ -140,13 +153,21 @@ def topic_messages(s: config.Settings, topic: str, timeout: float = 30) -> list[
     """Every message of a topic, read from the beginning until the end offsets."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap,
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     try:
         meta = consumer.list_topics(topic, timeout=10)
         parts = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in parts}
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in parts
+        }
         if not any(ends.values()):
             return []
         consumer.assign([TopicPartition(topic, p, 0) for p in parts])

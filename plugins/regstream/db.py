@@ -14,8 +14,8 @@ class DatabaseUnavailable(RuntimeError):
 
 def connect(conn_id: str, *, autocommit: bool = True) -> Any:
     """A MySQLdb connection for an Airflow connection id, session clock in UTC."""
-    from airflow.providers.mysql.hooks.mysql import MySqlHook
     import MySQLdb
+    from airflow.providers.mysql.hooks.mysql import MySqlHook
 
     hook = MySqlHook(mysql_conn_id=conn_id)
     conn_info = hook.get_connection(conn_id)

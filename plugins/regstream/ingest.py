@@ -26,8 +26,13 @@ CHUNK_ROWS = 2000
 # from pools of this size (Faker costs ~100 us a person, too slow for bulk loads).
 POOL_SIZE = 2000
 
-_ID_MAX = {"tinyint": 255, "smallint": 65_535, "mediumint": 16_777_215,
-           "int": 4_294_967_295, "bigint": 18_446_744_073_709_551_615}
+_ID_MAX = {
+    "tinyint": 255,
+    "smallint": 65_535,
+    "mediumint": 16_777_215,
+    "int": 4_294_967_295,
+    "bigint": 18_446_744_073_709_551_615,
+}
 
 
 class IngestError(RuntimeError):
@@ -76,8 +81,10 @@ def validate_count(value: Any, maximum: int = MAX_CUSTOMERS_PER_RUN) -> int:
     if n <= 0:
         raise IngestError(f"customers must be at least 1, got {n}")
     if n > maximum:
-        raise IngestError(f"customers must be at most {maximum:,} per run, got {n:,}; "
-                          "use the bulk loader (python -m regstream.bulk) for more")
+        raise IngestError(
+            f"customers must be at most {maximum:,} per run, got {n:,}; "
+            "use the bulk loader (python -m regstream.bulk) for more"
+        )
     return n
 
 
@@ -95,17 +102,22 @@ def batch_seed(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
 
 
-def generate_customers(n: int, seed: int, start: datetime, end: datetime,
-                       city_ids: list[int], store_ids: list[int]) -> list[Customer]:
+def generate_customers(
+    n: int, seed: int, start: datetime, end: datetime, city_ids: list[int], store_ids: list[int]
+) -> list[Customer]:
     """n people, deterministic in seed; create_date spread over [start, end) in whole seconds."""
     start, end = _utc_naive(start), _utc_naive(end)
     span = int((end - start).total_seconds())
     if span <= 0:
-        raise IngestError(f"empty data interval {start} - {end}: registration times must fall "
-                          "inside the run's interval (use a schedule with data intervals)")
+        raise IngestError(
+            f"empty data interval {start} - {end}: registration times must fall "
+            "inside the run's interval (use a schedule with data intervals)"
+        )
     if not city_ids or not store_ids:
-        raise IngestError("no cities or no stores in the database: run the schema step "
-                          "(sql/02_seed.sql) or load sakila first")
+        raise IngestError(
+            "no cities or no stores in the database: run the schema step "
+            "(sql/02_seed.sql) or load sakila first"
+        )
     fake = Faker("en_US")
     fake.seed_instance(seed)
     rng = random.Random(seed)
@@ -122,20 +134,36 @@ def generate_customers(n: int, seed: int, start: datetime, end: datetime,
     out = []
     for i in range(n):
         if n <= pool:
-            f, la, st, di, po, ph = firsts[i], lasts[i], streets[i], districts[i], \
-                postcodes[i], phones[i]
+            f, la, st, di, po, ph = (
+                firsts[i],
+                lasts[i],
+                streets[i],
+                districts[i],
+                postcodes[i],
+                phones[i],
+            )
         else:
             f, la = firsts[rng.randrange(pool)], lasts[rng.randrange(pool)]
             j = rng.randrange(pool)
             st, di, po, ph = streets[j], districts[j], postcodes[j], phones[rng.randrange(pool)]
         tag = format((seed + i) % 16**6, "06x")
         email = f"{f}.{la}"[:30].replace(" ", "").upper() + f".{tag}@sakilacustomer.org"
-        out.append(Customer(
-            store_id=rng.choice(stores), first_name=f.upper(), last_name=la.upper(),
-            email=email, address=st, district=di, city_id=rng.choice(cities),
-            postal_code=po, phone=ph, create_date=start + timedelta(seconds=offsets[i]),
-            lon=round(rng.uniform(-180, 180), 6), lat=round(rng.uniform(-90, 90), 6),
-        ))
+        out.append(
+            Customer(
+                store_id=rng.choice(stores),
+                first_name=f.upper(),
+                last_name=la.upper(),
+                email=email,
+                address=st,
+                district=di,
+                city_id=rng.choice(cities),
+                postal_code=po,
+                phone=ph,
+                create_date=start + timedelta(seconds=offsets[i]),
+                lon=round(rng.uniform(-180, 180), 6),
+                lat=round(rng.uniform(-90, 90), 6),
+            )
+        )
     return out
 
 
@@ -172,7 +200,8 @@ def check_id_space(cur: Any, n: int) -> None:
             raise IngestError(
                 f"{table}.{column} is {info[0].upper()} UNSIGNED (max {limit:,}); the highest id "
                 f"is {used:,} and this run adds {n:,}. Widen the id columns (the project's "
-                f"schema uses INT UNSIGNED) or load fewer rows")
+                f"schema uses INT UNSIGNED) or load fewer rows"
+            )
 
 
 def _multi_row(cur: Any, sql: str, row_sql: str, rows: list[tuple]) -> None:
@@ -193,8 +222,15 @@ def _insert_chunk(cur: Any, sql: str, row_sql: str, rows: list[tuple], step: int
     return [first + k * step for k in range(len(rows))]
 
 
-def load_customers(conn: Any, key: str, seed: int, start: datetime, end: datetime,
-                   customers: list[Customer], chunk_rows: int = CHUNK_ROWS) -> LoadResult:
+def load_customers(
+    conn: Any,
+    key: str,
+    seed: int,
+    start: datetime,
+    end: datetime,
+    customers: list[Customer],
+    chunk_rows: int = CHUNK_ROWS,
+) -> LoadResult:
     """Insert customers and their addresses in one transaction, once per batch key."""
     t0 = time.monotonic()
     cur = conn.cursor()
@@ -205,8 +241,11 @@ def load_customers(conn: Any, key: str, seed: int, start: datetime, end: datetim
         step = int(cur.fetchone()[0])
         location = _column_info(cur, "address", "location")
         check_id_space(cur, len(customers))
-        cur.execute("SELECT customers, first_customer_id, last_customer_id FROM ingest_batches "
-                    "WHERE batch_key = %s", (key,))
+        cur.execute(
+            "SELECT customers, first_customer_id, last_customer_id FROM ingest_batches "
+            "WHERE batch_key = %s",
+            (key,),
+        )
         done = cur.fetchone()
         if done:
             conn.rollback()
@@ -219,19 +258,24 @@ def load_customers(conn: Any, key: str, seed: int, start: datetime, end: datetim
             (key, _utc_naive(start), _utc_naive(end), seed, len(customers)),
         )
         if location is not None:
-            addr_sql = ("INSERT INTO address (address, district, city_id, postal_code, phone, "
-                        "location) VALUES ")
+            addr_sql = (
+                "INSERT INTO address (address, district, city_id, postal_code, phone, "
+                "location) VALUES "
+            )
             addr_row = "(%s, %s, %s, %s, %s, ST_GeomFromText(%s))"
         else:
-            addr_sql = ("INSERT INTO address (address, district, city_id, postal_code, phone) "
-                        "VALUES ")
+            addr_sql = (
+                "INSERT INTO address (address, district, city_id, postal_code, phone) VALUES "
+            )
             addr_row = "(%s, %s, %s, %s, %s)"
-        cust_sql = ("INSERT INTO customer (store_id, first_name, last_name, email, address_id, "
-                    "active, create_date) VALUES ")
+        cust_sql = (
+            "INSERT INTO customer (store_id, first_name, last_name, email, address_id, "
+            "active, create_date) VALUES "
+        )
         cust_row = "(%s, %s, %s, %s, %s, 1, %s)"
         ids: list[int] = []
         for i in range(0, len(customers), chunk_rows):
-            part = customers[i:i + chunk_rows]
+            part = customers[i : i + chunk_rows]
             addr_rows = [
                 (c.address, c.district, c.city_id, c.postal_code, c.phone)
                 + ((f"POINT({c.lon} {c.lat})",) if location is not None else ())
@@ -240,28 +284,35 @@ def load_customers(conn: Any, key: str, seed: int, start: datetime, end: datetim
             addr_ids = _insert_chunk(cur, addr_sql, addr_row, addr_rows, step)
             cust_rows = [
                 (c.store_id, c.first_name, c.last_name, c.email, a, c.create_date)
-                for c, a in zip(part, addr_ids)
+                for c, a in zip(part, addr_ids, strict=True)
             ]
             _multi_row(cur, cust_sql, cust_row, cust_rows)
             # Customer ids by their (new, unique) addresses: on a table with an insert
             # trigger, LAST_INSERT_ID() reports the trigger's id on MariaDB, not ours.
-            cur.execute("SELECT MIN(customer_id), MAX(customer_id), COUNT(*) FROM customer "
-                        "WHERE address_id BETWEEN %s AND %s", (addr_ids[0], addr_ids[-1]))
+            cur.execute(
+                "SELECT MIN(customer_id), MAX(customer_id), COUNT(*) FROM customer "
+                "WHERE address_id BETWEEN %s AND %s",
+                (addr_ids[0], addr_ids[-1]),
+            )
             lo, hi, count = cur.fetchone()
             if count != len(part):
-                raise IngestError(f"expected {len(part)} customers for addresses "
-                                  f"{addr_ids[0]}-{addr_ids[-1]}, found {count}")
+                raise IngestError(
+                    f"expected {len(part)} customers for addresses "
+                    f"{addr_ids[0]}-{addr_ids[-1]}, found {count}"
+                )
             ids += [int(lo), int(hi)]
         first, last = (min(ids), max(ids)) if ids else (None, None)
-        cur.execute("UPDATE ingest_batches SET first_customer_id = %s, last_customer_id = %s "
-                    "WHERE batch_key = %s", (first, last, key))
+        cur.execute(
+            "UPDATE ingest_batches SET first_customer_id = %s, last_customer_id = %s "
+            "WHERE batch_key = %s",
+            (first, last, key),
+        )
         conn.commit()
     except Exception:
         conn.rollback()
         raise
     per_store = dict(sorted(Counter(c.store_id for c in customers).items()))
-    return LoadResult(key, len(customers), first, last, per_store, False,
-                      time.monotonic() - t0)
+    return LoadResult(key, len(customers), first, last, per_store, False, time.monotonic() - t0)
 
 
 def run_ingest(conn: Any, dag_id: str, start: datetime, end: datetime, n: int) -> LoadResult:
@@ -275,12 +326,26 @@ def run_ingest(conn: Any, dag_id: str, start: datetime, end: datetime, n: int) -
     gen_s = time.monotonic() - t0
     result = load_customers(conn, key, seed, start, end, people)
     if result.already_loaded:
-        log.info("interval %s - %s already loaded (batch %s, customer ids %s-%s): inserted 0",
-                 start, end, key, result.first_customer_id, result.last_customer_id)
+        log.info(
+            "interval %s - %s already loaded (batch %s, customer ids %s-%s): inserted 0",
+            start,
+            end,
+            key,
+            result.first_customer_id,
+            result.last_customer_id,
+        )
     else:
-        log.info("inserted %d customers, ids %s-%s, per store %s, interval %s - %s, "
-                 "generated in %.2fs, loaded in %.2fs (%.0f customers/s)",
-                 result.inserted, result.first_customer_id, result.last_customer_id,
-                 result.per_store, start, end, gen_s, result.seconds,
-                 result.inserted / max(result.seconds, 1e-9))
+        log.info(
+            "inserted %d customers, ids %s-%s, per store %s, interval %s - %s, "
+            "generated in %.2fs, loaded in %.2fs (%.0f customers/s)",
+            result.inserted,
+            result.first_customer_id,
+            result.last_customer_id,
+            result.per_store,
+            start,
+            end,
+            gen_s,
+            result.seconds,
+            result.inserted / max(result.seconds, 1e-9),
+        )
     return result

@@ -52,8 +52,12 @@ def counts(conn: Any, window_minutes: int, limit_windows: int = 48) -> list[dict
         if ws not in rows:
             if len(rows) >= limit_windows:
                 break
-            rows[ws] = {"window_start": ws.isoformat() + "Z", "stores": {}, "total": 0,
-                        "updated": updated.isoformat() + "Z"}
+            rows[ws] = {
+                "window_start": ws.isoformat() + "Z",
+                "stores": {},
+                "total": 0,
+                "updated": updated.isoformat() + "Z",
+            }
         rows[ws]["stores"][str(store)] = int(n)
         rows[ws]["total"] += int(n)
     cur.close()
@@ -62,16 +66,22 @@ def counts(conn: Any, window_minutes: int, limit_windows: int = 48) -> list[dict
 
 def health(conn: Any, topic: str) -> dict[str, Any]:
     cur = conn.cursor()
-    cur.execute("SELECT last_event_id, updated_at, pending_gaps FROM latest_cdc_timestamp "
-                "WHERE pipeline = %s", (topic,))
+    cur.execute(
+        "SELECT last_event_id, updated_at, pending_gaps FROM latest_cdc_timestamp "
+        "WHERE pipeline = %s",
+        (topic,),
+    )
     wm = cur.fetchone()
     last_id = int(wm[0]) if wm else 0
-    cur.execute("SELECT COUNT(*), MIN(captured_at) FROM users_change_events "
-                "WHERE event_id > %s", (last_id,))
+    cur.execute(
+        "SELECT COUNT(*), MIN(captured_at) FROM users_change_events WHERE event_id > %s", (last_id,)
+    )
     waiting, oldest_waiting = cur.fetchone()
-    cur.execute("SELECT batch_id, finished_at, event_watermark, late_rows_dropped FROM "
-                "stream_progress WHERE query_name = 'registration_counts' "
-                "ORDER BY finished_at DESC LIMIT 1")
+    cur.execute(
+        "SELECT batch_id, finished_at, event_watermark, late_rows_dropped FROM "
+        "stream_progress WHERE query_name = 'registration_counts' "
+        "ORDER BY finished_at DESC LIMIT 1"
+    )
     batch = cur.fetchone()
     cur.execute("SELECT COALESCE(SUM(late_rows_dropped), 0) FROM stream_progress")
     late_total = int(cur.fetchone()[0])

@@ -57,7 +57,7 @@ PRODUCER_CONFIG: dict[str, Any] = {
 # time zone is +00:00). CONCAT with JSON_QUOTE is ~3x faster than JSON_OBJECT + DATE_FORMAT
 # here, and returning one bytes column spares the client a datetime conversion per row.
 _VALUE = (
-    "CONCAT('{\"schema_version\":" + str(SCHEMA_VERSION) + ",\"event_id\":', event_id, "
+    'CONCAT(\'{"schema_version":' + str(SCHEMA_VERSION) + ',"event_id":\', event_id, '
     "',\"event_type\":', JSON_QUOTE(event_type), ',\"customer_id\":', customer_id, "
     "',\"store_id\":', store_id, ',\"first_name\":', JSON_QUOTE(first_name), "
     "',\"last_name\":', JSON_QUOTE(last_name), "
@@ -92,8 +92,12 @@ class Gap:
 
     @classmethod
     def from_json(cls, d: dict) -> Gap:
-        return cls(int(d["from"]), int(d["to"]), [str(t) for t in d.get("trx", [])],
-                   float(d.get("since", 0)))
+        return cls(
+            int(d["from"]),
+            int(d["to"]),
+            [str(t) for t in d.get("trx", [])],
+            float(d.get("since", 0)),
+        )
 
     @property
     def size(self) -> int:
@@ -146,13 +150,16 @@ def check_schema(conn: Any) -> None:
         if not table_exists(conn, table):
             raise SchemaMissing(
                 f"table {table} does not exist in this database: run the schema step "
-                "(`make up` applies sql/, or run sql/10_cdc.sql against the database)")
+                "(`make up` applies sql/, or run sql/10_cdc.sql against the database)"
+            )
 
 
 def read_watermark(conn: Any, pipeline: str) -> Watermark:
     cur = conn.cursor()
-    cur.execute(f"INSERT IGNORE INTO {WATERMARK_TABLE} (pipeline, pending_gaps) VALUES (%s, '[]')",
-                (pipeline,))
+    cur.execute(
+        f"INSERT IGNORE INTO {WATERMARK_TABLE} (pipeline, pending_gaps) VALUES (%s, '[]')",
+        (pipeline,),
+    )
     cur.execute(
         f"SELECT last_event_id, last_captured_at, pending_gaps, events_published "
         f"FROM {WATERMARK_TABLE} WHERE pipeline = %s",
@@ -177,24 +184,31 @@ def has_work(conn: Any, pipeline: str) -> tuple[bool, str]:
     check_schema(conn)
     wm = read_watermark(conn, pipeline)
     cur = conn.cursor()
-    cur.execute(f"SELECT MAX(event_id), COUNT(*) FROM (SELECT event_id FROM {EVENT_TABLE} "
-                f"WHERE event_id > %s LIMIT 1000000) t", (wm.last_event_id,))
+    cur.execute(
+        f"SELECT MAX(event_id), COUNT(*) FROM (SELECT event_id FROM {EVENT_TABLE} "
+        f"WHERE event_id > %s LIMIT 1000000) t",
+        (wm.last_event_id,),
+    )
     newest, count = cur.fetchone()
     if count:
-        return True, (f"{count} new events above watermark {wm.last_event_id} "
-                      f"(newest {newest})")
+        return True, (f"{count} new events above watermark {wm.last_event_id} (newest {newest})")
     if wm.gaps:
         where = " OR ".join("event_id BETWEEN %s AND %s" for _ in wm.gaps)
-        cur.execute(f"SELECT COUNT(*) FROM {EVENT_TABLE} WHERE {where}",
-                    [x for g in wm.gaps for x in (g.first, g.last)])
+        cur.execute(
+            f"SELECT COUNT(*) FROM {EVENT_TABLE} WHERE {where}",
+            [x for g in wm.gaps for x in (g.first, g.last)],
+        )
         visible = cur.fetchone()[0]
         active = open_transactions(conn)
         settled = [g for g in wm.gaps if not set(g.trx) & active]
         if visible or settled:
-            return True, (f"{visible} late-committed events in gaps, {len(settled)} gaps "
-                          f"ready to settle")
-        return False, (f"nothing new above watermark {wm.last_event_id}; "
-                       f"{len(wm.gaps)} gaps wait on open transactions")
+            return True, (
+                f"{visible} late-committed events in gaps, {len(settled)} gaps ready to settle"
+            )
+        return False, (
+            f"nothing new above watermark {wm.last_event_id}; "
+            f"{len(wm.gaps)} gaps wait on open transactions"
+        )
     return False, f"nothing new above watermark {wm.last_event_id}"
 
 
@@ -242,20 +256,30 @@ def produce_all(producer: Any, topic: str, rows: Any, deliveries: _Deliveries) -
     return sent
 
 
-def flush_or_fail(producer: Any, sent: int, deliveries: _Deliveries, bootstrap: str,
-                  timeout: float) -> None:
+def flush_or_fail(
+    producer: Any, sent: int, deliveries: _Deliveries, bootstrap: str, timeout: float
+) -> None:
     left = producer.flush(timeout)
     if left or deliveries.errors or deliveries.ok != sent:
         errors = [e for e in deliveries.errors if e][:5]
         raise PublishError(
             f"Kafka at {bootstrap} acknowledged {deliveries.ok} of {sent} messages "
             f"({left} still queued, {len(deliveries.errors)} failed: {errors}); "
-            "the watermark was not moved, the next run sends them again")
+            "the watermark was not moved, the next run sends them again"
+        )
 
 
-def publish(conn: Any, producer: Any, topic: str, *, bootstrap: str = "?",
-            max_events: int = 2_000_000, flush_timeout: float = 60.0,
-            gap_max_wait_s: int | None = None, clock: Any = time.time) -> PublishResult:
+def publish(
+    conn: Any,
+    producer: Any,
+    topic: str,
+    *,
+    bootstrap: str = "?",
+    max_events: int = 2_000_000,
+    flush_timeout: float = 60.0,
+    gap_max_wait_s: int | None = None,
+    clock: Any = time.time,
+) -> PublishResult:
     """One publish run. `conn` is a MySQLdb connection (autocommit), `producer` a
     confluent_kafka.Producer configured with PRODUCER_CONFIG."""
     import MySQLdb.cursors
@@ -266,8 +290,10 @@ def publish(conn: Any, producer: Any, topic: str, *, bootstrap: str = "?",
     cur = conn.cursor()
     cur.execute("SELECT GET_LOCK(%s, 0)", (f"regstream_publish:{topic}",))
     if cur.fetchone()[0] != 1:
-        raise PublisherBusy(f"another publisher for topic {topic} is running (MySQL lock "
-                            f"regstream_publish:{topic}); this run changed nothing")
+        raise PublisherBusy(
+            f"another publisher for topic {topic} is running (MySQL lock "
+            f"regstream_publish:{topic}); this run changed nothing"
+        )
     try:
         before = read_watermark(conn, topic)
         h = before.last_event_id
@@ -318,8 +344,9 @@ def publish(conn: Any, producer: Any, topic: str, *, bootstrap: str = "?",
         flush_or_fail(producer, sent, deliveries, bootstrap, flush_timeout)
 
         if state["top"] != h:
-            cur.execute(f"SELECT captured_at FROM {EVENT_TABLE} WHERE event_id = %s",
-                        (state["top"],))
+            cur.execute(
+                f"SELECT captured_at FROM {EVENT_TABLE} WHERE event_id = %s", (state["top"],)
+            )
             state["captured"] = cur.fetchone()[0]
         now = clock()
         gaps: list[Gap] = []
@@ -330,8 +357,10 @@ def publish(conn: Any, producer: Any, topic: str, *, bootstrap: str = "?",
             if id(g) in settled_ids:
                 rolled_back += sum(b - a + 1 for a, b in rest)
                 if rest:
-                    log.info("ids %s never committed (rolled back); their transactions ended",
-                             ", ".join(f"{a}-{b}" for a, b in rest))
+                    log.info(
+                        "ids %s never committed (rolled back); their transactions ended",
+                        ", ".join(f"{a}-{b}" for a, b in rest),
+                    )
                 continue
             still = sorted(set(g.trx) & active_after)
             for a, b in rest:
@@ -342,34 +371,59 @@ def publish(conn: Any, producer: Any, topic: str, *, bootstrap: str = "?",
             for g in gaps:
                 if now - g.since > wait_bound:
                     given_up += g.size
-                    log.warning("GAVE UP on ids %d-%d after %.0fs (REGSTREAM_GAP_MAX_WAIT_S=%d): "
-                                "transactions %s still open; rows that commit later are not "
-                                "published", g.first, g.last, now - g.since, wait_bound, g.trx)
+                    log.warning(
+                        "GAVE UP on ids %d-%d after %.0fs (REGSTREAM_GAP_MAX_WAIT_S=%d): "
+                        "transactions %s still open; rows that commit later are not "
+                        "published",
+                        g.first,
+                        g.last,
+                        now - g.since,
+                        wait_bound,
+                        g.trx,
+                    )
                 else:
                     kept.append(g)
             gaps = kept
         after = Watermark(state["top"], state["captured"], gaps, before.events_published + sent)
-        changed = (after.last_event_id != h or sent
-                   or [g.to_json() for g in gaps] != [g.to_json() for g in before.gaps])
+        changed = (
+            after.last_event_id != h
+            or sent
+            or [g.to_json() for g in gaps] != [g.to_json() for g in before.gaps]
+        )
         if changed:
             cur.execute(
                 f"UPDATE {WATERMARK_TABLE} SET last_event_id = %s, last_captured_at = %s, "
                 f"pending_gaps = %s, events_published = %s WHERE pipeline = %s "
                 f"AND last_event_id = %s",
-                (after.last_event_id, after.last_captured_at,
-                 json.dumps([g.to_json() for g in gaps]), after.events_published, topic, h),
+                (
+                    after.last_event_id,
+                    after.last_captured_at,
+                    json.dumps([g.to_json() for g in gaps]),
+                    after.events_published,
+                    topic,
+                    h,
+                ),
             )
             if cur.rowcount != 1:
                 raise PublishError(f"watermark of {topic} moved under this run; not updated")
-        cur.execute(f"SELECT COUNT(*) FROM {EVENT_TABLE} WHERE event_id > %s",
-                    (after.last_event_id,))
+        cur.execute(
+            f"SELECT COUNT(*) FROM {EVENT_TABLE} WHERE event_id > %s", (after.last_event_id,)
+        )
         backlog = int(cur.fetchone()[0])
     finally:
         cur.execute("SELECT RELEASE_LOCK(%s)", (f"regstream_publish:{topic}",))
         cur.fetchall()
         cur.close()
-    return PublishResult(before, after, sent, dict(sorted(deliveries.offsets.items())),
-                         rolled_back, given_up, backlog, time.monotonic() - t0)
+    return PublishResult(
+        before,
+        after,
+        sent,
+        dict(sorted(deliveries.offsets.items())),
+        rolled_back,
+        given_up,
+        backlog,
+        time.monotonic() - t0,
+    )
 
 
 def log_result(r: PublishResult, topic: str) -> None:
@@ -379,13 +433,29 @@ def log_result(r: PublishResult, topic: str) -> None:
         "published %d events to %s in %.2fs (%.0f events/s); watermark %d -> %d "
         "(captured_at %s -> %s); offsets %s; backlog left %d; gaps pending %d ids in %d "
         "ranges; rolled back ids settled %d; given up %d",
-        r.published, topic, r.seconds, r.published / max(r.seconds, 1e-9),
-        r.before.last_event_id, r.after.last_event_id, r.before.last_captured_at,
-        r.after.last_captured_at, ranges, r.backlog, pending, len(r.after.gaps),
-        r.rolled_back_ids, r.given_up_ids)
+        r.published,
+        topic,
+        r.seconds,
+        r.published / max(r.seconds, 1e-9),
+        r.before.last_event_id,
+        r.after.last_event_id,
+        r.before.last_captured_at,
+        r.after.last_captured_at,
+        ranges,
+        r.backlog,
+        pending,
+        len(r.after.gaps),
+        r.rolled_back_ids,
+        r.given_up_ids,
+    )
     for g in r.after.gaps[:10]:
-        log.info("gap %d-%d waits on transactions %s (open %.0fs)", g.first, g.last, g.trx,
-                 time.time() - g.since)
+        log.info(
+            "gap %d-%d waits on transactions %s (open %.0fs)",
+            g.first,
+            g.last,
+            g.trx,
+            time.time() - g.since,
+        )
 
 
 # ------------------------------------------------------------------ Kafka plumbing
@@ -401,28 +471,29 @@ def check_broker(client: Any, bootstrap: str, timeout: float = 10.0) -> None:
     try:
         client.list_topics(timeout=timeout)
     except KafkaException as exc:
-        raise PublishError(f"Kafka at {bootstrap} is unreachable ({exc}); the watermark was "
-                           "not moved") from exc
+        raise PublishError(
+            f"Kafka at {bootstrap} is unreachable ({exc}); the watermark was not moved"
+        ) from exc
 
 
-def ensure_topic(admin: Any, topic: str, partitions: int, replication: int,
-                 bootstrap: str) -> None:
+def ensure_topic(admin: Any, topic: str, partitions: int, replication: int, bootstrap: str) -> None:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import NewTopic
 
     try:
         meta = admin.list_topics(timeout=10)
     except KafkaException as exc:
-        raise PublishError(f"Kafka at {bootstrap} is unreachable ({exc}); the watermark was "
-                           "not moved") from exc
+        raise PublishError(
+            f"Kafka at {bootstrap} is unreachable ({exc}); the watermark was not moved"
+        ) from exc
     if topic in meta.topics:
         return
-    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions,
-                                            replication_factor=replication)])
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=partitions, replication_factor=replication)]
+    )
     try:
         futures[topic].result(timeout=30)
-        log.info("created topic %s (%d partitions, replication %d)", topic, partitions,
-                 replication)
+        log.info("created topic %s (%d partitions, replication %d)", topic, partitions, replication)
     except KafkaException as exc:
         if "TOPIC_ALREADY_EXISTS" not in str(exc):
             raise PublishError(f"cannot create topic {topic} at {bootstrap}: {exc}") from exc
@@ -431,8 +502,12 @@ def ensure_topic(admin: Any, topic: str, partitions: int, replication: int,
 class HookedPublisher:
     """Connections made once through the providers' hooks; `run()` publishes once."""
 
-    def __init__(self, mysql_conn_id: str = settings.MYSQL_PUBLISHER_CONN_ID,
-                 kafka_conn_id: str = settings.KAFKA_CONN_ID, topic: str | None = None) -> None:
+    def __init__(
+        self,
+        mysql_conn_id: str = settings.MYSQL_PUBLISHER_CONN_ID,
+        kafka_conn_id: str = settings.KAFKA_CONN_ID,
+        topic: str | None = None,
+    ) -> None:
         from airflow.providers.apache.kafka.hooks.client import KafkaAdminClientHook
 
         from regstream.db import connect
@@ -443,8 +518,13 @@ class HookedPublisher:
         self.conn = connect(mysql_conn_id)
         try:
             check_schema(self.conn)
-            ensure_topic(admin_hook.get_conn, self.topic, settings.topic_partitions(),
-                         settings.topic_replication(), self.bootstrap)
+            ensure_topic(
+                admin_hook.get_conn,
+                self.topic,
+                settings.topic_partitions(),
+                settings.topic_replication(),
+                self.bootstrap,
+            )
             self.producer = _ProducerHook(kafka_config_id=kafka_conn_id).get_producer()
             check_broker(self.producer, self.bootstrap)
         except BaseException:
@@ -452,8 +532,9 @@ class HookedPublisher:
             raise
 
     def run(self, max_events: int = 2_000_000) -> PublishResult:
-        result = publish(self.conn, self.producer, self.topic, bootstrap=self.bootstrap,
-                         max_events=max_events)
+        result = publish(
+            self.conn, self.producer, self.topic, bootstrap=self.bootstrap, max_events=max_events
+        )
         log_result(result, self.topic)
         return result
 
@@ -461,9 +542,12 @@ class HookedPublisher:
         self.conn.close()
 
 
-def run_publish(mysql_conn_id: str = settings.MYSQL_PUBLISHER_CONN_ID,
-                kafka_conn_id: str = settings.KAFKA_CONN_ID, topic: str | None = None,
-                max_events: int = 2_000_000) -> PublishResult:
+def run_publish(
+    mysql_conn_id: str = settings.MYSQL_PUBLISHER_CONN_ID,
+    kafka_conn_id: str = settings.KAFKA_CONN_ID,
+    topic: str | None = None,
+    max_events: int = 2_000_000,
+) -> PublishResult:
     """The publish task, through the providers' hooks and connections."""
     pub = HookedPublisher(mysql_conn_id, kafka_conn_id, topic)
     try:
@@ -479,8 +563,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--loop", action="store_true", help="publish runs back to back until stopped")
-    p.add_argument("--interval", type=float, default=0.5,
-                   help="pause between runs when idle (seconds)")
+    p.add_argument(
+        "--interval", type=float, default=0.5, help="pause between runs when idle (seconds)"
+    )
     p.add_argument("--max-events", type=int, default=2_000_000)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

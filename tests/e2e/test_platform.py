@@ -39,10 +39,12 @@ class Airflow:
         self.token = ""
 
     def login(self) -> None:
-        body = json.dumps({"username": "admin",
-                           "password": config.secrets_for(self.s)["AIRFLOW_ADMIN_PASSWORD"]})
-        req = urllib.request.Request(f"{self.s.airflow_url}/auth/token", body.encode(),
-                                     {"Content-Type": "application/json"})
+        body = json.dumps(
+            {"username": "admin", "password": config.secrets_for(self.s)["AIRFLOW_ADMIN_PASSWORD"]}
+        )
+        req = urllib.request.Request(
+            f"{self.s.airflow_url}/auth/token", body.encode(), {"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             self.token = json.load(r)["access_token"]
 
@@ -52,9 +54,13 @@ class Airflow:
         req = urllib.request.Request(
             f"{self.s.airflow_url}/api/v2{path}",
             json.dumps(body).encode() if body is not None else None,
-            {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}",
-             "Accept": "application/json"},
-            method=method)
+            {
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {self.token}",
+                "Accept": "application/json",
+            },
+            method=method,
+        )
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 data = r.read()
@@ -68,27 +74,37 @@ class Airflow:
         return json.loads(data or b"null")
 
     def trigger(self, dag_id: str, logical_date: datetime | None, conf: dict | None = None) -> str:
-        run = self.call("POST", f"/dags/{dag_id}/dagRuns", {
-            "logical_date": logical_date.isoformat() if logical_date else None,
-            "conf": conf or {}})
+        run = self.call(
+            "POST",
+            f"/dags/{dag_id}/dagRuns",
+            {
+                "logical_date": logical_date.isoformat() if logical_date else None,
+                "conf": conf or {},
+            },
+        )
         return run["dag_run_id"]
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         return self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float = 180) -> str:
-        return wait_for(f"{dag_id} {run_id} to finish",
-                        lambda: (st := self.run_state(dag_id, run_id)) in ("success", "failed")
-                        and st, timeout, 1.0)
+        return wait_for(
+            f"{dag_id} {run_id} to finish",
+            lambda: (st := self.run_state(dag_id, run_id)) in ("success", "failed") and st,
+            timeout,
+            1.0,
+        )
 
     def log(self, dag_id: str, run_id: str, task_id: str, attempt: int = 1) -> str:
         q = urllib.request.quote(run_id, safe="")
-        return self.call("GET", f"/dags/{dag_id}/dagRuns/{q}/taskInstances/{task_id}/logs/"
-                                f"{attempt}?full_content=true", raw=True)
+        return self.call(
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{q}/taskInstances/{task_id}/logs/{attempt}?full_content=true",
+            raw=True,
+        )
 
     def runs(self, dag_id: str) -> list[dict]:
-        return self.call("GET", f"/dags/{dag_id}/dagRuns?limit=100&order_by=-run_after")[
-            "dag_runs"]
+        return self.call("GET", f"/dags/{dag_id}/dagRuns?limit=100&order_by=-run_after")["dag_runs"]
 
 
 @pytest.fixture(scope="module")
@@ -104,23 +120,35 @@ def platform(stack) -> Airflow:
 
 def stream_running(stack) -> bool:
     cur = root_conn(stack, DB).cursor()
-    cur.execute("SELECT COUNT(*) FROM stream_progress WHERE query_name = 'registration_counts' "
-                "AND finished_at > UTC_TIMESTAMP(6) - INTERVAL 20 SECOND")
+    cur.execute(
+        "SELECT COUNT(*) FROM stream_progress WHERE query_name = 'registration_counts' "
+        "AND finished_at > UTC_TIMESTAMP(6) - INTERVAL 20 SECOND"
+    )
     return cur.fetchone()[0] > 0
 
 
 def counts_match(stack, timeout: float = 240) -> float:
     t0 = time.monotonic()
-    wait_for("stream counts == SQL ground truth for every window",
-             lambda: stream_counts(stack, DB) == ground_truth(stack, DB), timeout, 1.0)
+    wait_for(
+        "stream counts == SQL ground truth for every window",
+        lambda: stream_counts(stack, DB) == ground_truth(stack, DB),
+        timeout,
+        1.0,
+    )
     return time.monotonic() - t0
 
 
 def test_triggered_runs_flow_into_window_counts(stack, platform) -> None:
-    wait_for("the streaming job (submitted by Airflow) to run batches",
-             lambda: stream_running(stack), timeout=240, every=2)
-    runs = [platform.trigger("ingest_fake_customers", BASE + timedelta(minutes=5 * k))
-            for k in range(1, 4)]
+    wait_for(
+        "the streaming job (submitted by Airflow) to run batches",
+        lambda: stream_running(stack),
+        timeout=240,
+        every=2,
+    )
+    runs = [
+        platform.trigger("ingest_fake_customers", BASE + timedelta(minutes=5 * k))
+        for k in range(1, 4)
+    ]
     for run in runs:
         assert platform.wait_run("ingest_fake_customers", run) == "success"
     counts_match(stack)
@@ -153,33 +181,48 @@ def test_backfill_fills_past_intervals_once(stack, platform) -> None:
     start = BASE - timedelta(days=1)
     end = start + timedelta(minutes=10)  # three runs: start, +5, +10
     env = services.airflow_env(stack)
-    cmd = [str(stack.venv / "bin" / "airflow"), "backfill", "create", "--dag-id",
-           "ingest_fake_customers", "--from-date", start.isoformat(), "--to-date",
-           end.isoformat()]
+    cmd = [
+        str(stack.venv / "bin" / "airflow"),
+        "backfill",
+        "create",
+        "--dag-id",
+        "ingest_fake_customers",
+        "--from-date",
+        start.isoformat(),
+        "--to-date",
+        end.isoformat(),
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=stack.run)
     assert res.returncode == 0, res.stderr[-2000:]
     cur = root_conn(stack, DB).cursor()
     lo, hi = (start - timedelta(minutes=5)).replace(tzinfo=None), end.replace(tzinfo=None)
 
     def landed() -> bool:
-        cur.execute("SELECT COUNT(*) FROM ingest_batches WHERE interval_start >= %s AND "
-                    "interval_end <= %s", (lo, hi))
+        cur.execute(
+            "SELECT COUNT(*) FROM ingest_batches WHERE interval_start >= %s AND interval_end <= %s",
+            (lo, hi),
+        )
         return cur.fetchone()[0] == 3
 
     wait_for("three backfilled intervals", landed, timeout=240, every=1)
-    cur.execute("SELECT COUNT(*) FROM customer WHERE create_date >= %s AND create_date < %s",
-                (lo, hi))
+    cur.execute(
+        "SELECT COUNT(*) FROM customer WHERE create_date >= %s AND create_date < %s", (lo, hi)
+    )
     assert cur.fetchone()[0] == 60
-    cur.execute("SELECT MIN(c.create_date) >= b.interval_start AND MAX(c.create_date) < "
-                "b.interval_end FROM ingest_batches b JOIN customer c ON c.customer_id BETWEEN "
-                "b.first_customer_id AND b.last_customer_id WHERE b.interval_start >= %s "
-                "AND b.interval_end <= %s GROUP BY b.batch_key", (lo, hi))
+    cur.execute(
+        "SELECT MIN(c.create_date) >= b.interval_start AND MAX(c.create_date) < "
+        "b.interval_end FROM ingest_batches b JOIN customer c ON c.customer_id BETWEEN "
+        "b.first_customer_id AND b.last_customer_id WHERE b.interval_start >= %s "
+        "AND b.interval_end <= %s GROUP BY b.batch_key",
+        (lo, hi),
+    )
     assert [r[0] for r in cur.fetchall()] == [1, 1, 1]
     # the same backfill again adds nothing
     subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=stack.run)
     counts_match(stack)
-    cur.execute("SELECT COUNT(*) FROM customer WHERE create_date >= %s AND create_date < %s",
-                (lo, hi))
+    cur.execute(
+        "SELECT COUNT(*) FROM customer WHERE create_date >= %s AND create_date < %s", (lo, hi)
+    )
     assert cur.fetchone()[0] == 60
     past = {k: v for k, v in stream_counts(stack, DB).items() if lo <= k[0] < hi}
     assert sum(past.values()) == 60
@@ -190,11 +233,24 @@ def test_clearing_a_run_doubles_nothing(stack, platform) -> None:
     cur.execute("SELECT COUNT(*) FROM customer")
     before = cur.fetchone()[0]
     run = next(r for r in platform.runs("ingest_fake_customers") if r["state"] == "success")
-    platform.call("POST", "/dags/ingest_fake_customers/clearTaskInstances", {
-        "dry_run": False, "dag_run_id": run["dag_run_id"], "only_failed": False,
-        "reset_dag_runs": True})
-    wait_for("the cleared run to run again", lambda: platform.run_state(
-        "ingest_fake_customers", run["dag_run_id"]) in ("queued", "running"), 60, 0.5)
+    platform.call(
+        "POST",
+        "/dags/ingest_fake_customers/clearTaskInstances",
+        {
+            "dry_run": False,
+            "dag_run_id": run["dag_run_id"],
+            "only_failed": False,
+            "reset_dag_runs": True,
+        },
+    )
+    wait_for(
+        "the cleared run to run again",
+        lambda: (
+            platform.run_state("ingest_fake_customers", run["dag_run_id"]) in ("queued", "running")
+        ),
+        60,
+        0.5,
+    )
     assert platform.wait_run("ingest_fake_customers", run["dag_run_id"]) == "success"
     text = platform.log("ingest_fake_customers", run["dag_run_id"], "insert_fake_customers", 2)
     assert "already loaded" in text and "inserted 0" in text
@@ -225,8 +281,7 @@ def test_faults_during_steady_load_recover_to_ground_truth(stack, platform) -> N
         while not stop.is_set():
             when = BASE - timedelta(days=3) + timedelta(minutes=5 * next(slots))
             try:
-                triggered.append(platform.trigger("ingest_fake_customers", when,
-                                                  {"customers": 50}))
+                triggered.append(platform.trigger("ingest_fake_customers", when, {"customers": 50}))
             except (AssertionError, OSError):
                 pass  # Airflow itself is down during its restart
             stop.wait(4)
@@ -246,18 +301,29 @@ def test_faults_during_steady_load_recover_to_ground_truth(stack, platform) -> N
         loader.join()
         t0 = time.monotonic()
         for run in list(triggered):
-            wait_for(f"ingest run {run}", lambda r=run: platform.run_state(
-                "ingest_fake_customers", r) in ("success", "failed"), 300, 1)
+            wait_for(
+                f"ingest run {run}",
+                lambda r=run: (
+                    platform.run_state("ingest_fake_customers", r) in ("success", "failed")
+                ),
+                300,
+                1,
+            )
         counts_match(stack, timeout=420)
         cur = root_conn(stack, DB).cursor()
         cur.execute("SELECT COUNT(*) FROM customer")
-        figures.append({"fault": name, "kills": kills, "customers_total": cur.fetchone()[0],
-                        "recovery_s": round(time.monotonic() - t0, 1)})
+        figures.append(
+            {
+                "fault": name,
+                "kills": kills,
+                "customers_total": cur.fetchone()[0],
+                "recovery_s": round(time.monotonic() - t0, 1),
+            }
+        )
         print(f"FAULT {figures[-1]}")
 
     def kill_publisher() -> int:
-        pids = wait_for("a running publish task", lambda: _pids("publish_new_events"), 120,
-                        0.05)
+        pids = wait_for("a running publish task", lambda: _pids("publish_new_events"), 120, 0.05)
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         return len(pids)
@@ -295,13 +361,22 @@ def test_live_view_shows_the_right_numbers(stack, platform) -> None:
     platform.call("PATCH", "/dags/ingest_fake_customers", {"is_paused": True})
     counts_match(stack)
     cur = root_conn(stack, DB).cursor()
-    cur.execute("SELECT FROM_UNIXTIME(FLOOR(UNIX_TIMESTAMP(create_date) / 300) * 300) AS ws, "
-                "store_id, COUNT(*) FROM customer GROUP BY ws, store_id ORDER BY ws DESC")
+    cur.execute(
+        "SELECT FROM_UNIXTIME(FLOOR(UNIX_TIMESTAMP(create_date) / 300) * 300) AS ws, "
+        "store_id, COUNT(*) FROM customer GROUP BY ws, store_id ORDER BY ws DESC"
+    )
     truth = {(ws.isoformat() + "Z", str(store)): n for ws, store, n in cur.fetchall()}
-    chromium = ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
-                "--window-size=1100,900", "--virtual-time-budget=8000"]
-    dom = subprocess.run([*chromium, "--dump-dom", url], capture_output=True, text=True,
-                         timeout=120).stdout
+    chromium = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--window-size=1100,900",
+        "--virtual-time-budget=8000",
+    ]
+    dom = subprocess.run(
+        [*chromium, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    ).stdout
     rows = re.findall(r'<tr data-window="([^"]+)">(.*?)</tr>', dom)
     assert rows, dom[:2000]
     for window, cells in rows:

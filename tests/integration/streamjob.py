@@ -23,21 +23,43 @@ def spark_env(s: config.Settings) -> dict[str, str]:
     return env
 
 
-def start_job(s: config.Settings, topic: str, checkpoints: Path, log: Path,
-              master: str = "local[2]", extra: list[str] | None = None) -> subprocess.Popen:
+def start_job(
+    s: config.Settings,
+    topic: str,
+    checkpoints: Path,
+    log: Path,
+    master: str = "local[2]",
+    extra: list[str] | None = None,
+) -> subprocess.Popen:
     jars = ",".join(str(p) for p in config.spark_kafka_jars(s))
     argv = [
-        str(s.venv / "bin" / "spark-submit"), "--master", master, "--jars", jars,
-        "--conf", "spark.sql.shuffle.partitions=2", "--conf", "spark.ui.enabled=false",
-        "--conf", "spark.driver.memory=1g",
-        str(JOB), "--bootstrap", s.kafka_bootstrap, "--topic", topic,
-        "--checkpoint-dir", str(checkpoints), "--trigger", "500 milliseconds",
+        str(s.venv / "bin" / "spark-submit"),
+        "--master",
+        master,
+        "--jars",
+        jars,
+        "--conf",
+        "spark.sql.shuffle.partitions=2",
+        "--conf",
+        "spark.ui.enabled=false",
+        "--conf",
+        "spark.driver.memory=1g",
+        str(JOB),
+        "--bootstrap",
+        s.kafka_bootstrap,
+        "--topic",
+        topic,
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--trigger",
+        "500 milliseconds",
         *(extra or []),
     ]
     log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "ab")
-    return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=spark_env(s),
-                            start_new_session=True)
+    return subprocess.Popen(
+        argv, stdout=out, stderr=subprocess.STDOUT, env=spark_env(s), start_new_session=True
+    )
 
 
 def kill_job(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -53,7 +75,9 @@ def ground_truth(s: config.Settings, database: str, minutes: int = 1) -> dict[tu
     cur = root_conn(s, database).cursor()
     cur.execute(
         "SELECT FROM_UNIXTIME(FLOOR(UNIX_TIMESTAMP(create_date) / %s) * %s) AS ws, store_id, "
-        "COUNT(*) FROM customer GROUP BY ws, store_id", (minutes * 60, minutes * 60))
+        "COUNT(*) FROM customer GROUP BY ws, store_id",
+        (minutes * 60, minutes * 60),
+    )
     return {(ws, store): n for ws, store, n in cur.fetchall()}
 
 
@@ -63,8 +87,9 @@ def stream_counts(s: config.Settings, database: str) -> dict[tuple, int]:
     return {(ws, store): n for ws, store, n in cur.fetchall()}
 
 
-def wait_counts_match(s: config.Settings, database: str, proc: subprocess.Popen | None = None,
-                      timeout: float = 180) -> dict[tuple, int]:
+def wait_counts_match(
+    s: config.Settings, database: str, proc: subprocess.Popen | None = None, timeout: float = 180
+) -> dict[tuple, int]:
     truth = ground_truth(s, database)
 
     def check() -> Any:
@@ -77,7 +102,11 @@ def wait_counts_match(s: config.Settings, database: str, proc: subprocess.Popen 
         return wait_for("stream counts to equal the SQL ground truth", check, timeout, 0.5)
     except AssertionError:
         got = stream_counts(s, database)
-        diff = {k: (truth.get(k), got.get(k)) for k in set(truth) | set(got)
-                if truth.get(k) != got.get(k)}
-        raise AssertionError(f"{len(diff)} windows differ (truth, stream): "
-                             f"{dict(list(diff.items())[:10])}") from None
+        diff = {
+            k: (truth.get(k), got.get(k))
+            for k in set(truth) | set(got)
+            if truth.get(k) != got.get(k)
+        }
+        raise AssertionError(
+            f"{len(diff)} windows differ (truth, stream): {dict(list(diff.items())[:10])}"
+        ) from None

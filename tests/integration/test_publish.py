@@ -14,8 +14,8 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
 from regstream import db, ingest, publish
+
 from stackctl import services
 from tests.conftest import (
     ROOT,
@@ -37,28 +37,38 @@ def table_ids(stack, database: str) -> set[int]:
 
 def watermark(stack, database: str, topic: str) -> tuple:
     cur = root_conn(stack, database).cursor()
-    cur.execute("SELECT last_event_id, pending_gaps, events_published FROM "
-                "latest_cdc_timestamp WHERE pipeline = %s", (topic,))
+    cur.execute(
+        "SELECT last_event_id, pending_gaps, events_published FROM "
+        "latest_cdc_timestamp WHERE pipeline = %s",
+        (topic,),
+    )
     return cur.fetchone()
 
 
 def drain(stack, database: str, topic: str, timeout: float = 60) -> None:
     """Publish until nothing is new and no gap is pending."""
+
     def settled() -> bool:
         publish.run_publish(topic=topic)
         conn = db.connect("mysql_publisher")
         work, _ = publish.has_work(conn, topic)
         conn.close()
         return not work and json.loads(watermark(stack, database, topic)[1]) == []
+
     wait_for("the publisher to settle", settled, timeout=timeout, every=0.3)
 
 
 def insert_customer(cur, store_id: int, when: datetime) -> None:
-    cur.execute("INSERT INTO address (address, district, city_id, phone) "
-                "VALUES ('1 Test Street', 'Test', 1, '555')")
-    cur.execute("INSERT INTO customer (store_id, first_name, last_name, email, address_id, "
-                "create_date) VALUES (%s, 'CONC', 'WRITER', 'c@example.org', "
-                "LAST_INSERT_ID(), %s)", (store_id, when))
+    cur.execute(
+        "INSERT INTO address (address, district, city_id, phone) "
+        "VALUES ('1 Test Street', 'Test', 1, '555')"
+    )
+    cur.execute(
+        "INSERT INTO customer (store_id, first_name, last_name, email, address_id, "
+        "create_date) VALUES (%s, 'CONC', 'WRITER', 'c@example.org', "
+        "LAST_INSERT_ID(), %s)",
+        (store_id, when),
+    )
 
 
 def test_gate_skips_when_nothing_is_new(stack, fresh_db, topic) -> None:
@@ -73,11 +83,15 @@ def test_gate_skips_when_nothing_is_new(stack, fresh_db, topic) -> None:
 
 def test_published_messages_carry_the_documented_fields(stack, fresh_db, topic) -> None:
     conn = db.connect("mysql_ingest", autocommit=False)
-    ingest.run_ingest(conn, "ingest_fake_customers", datetime(2026, 11, 3, tzinfo=timezone.utc),
-                      datetime(2026, 11, 3, 0, 5, tzinfo=timezone.utc), 30)
+    ingest.run_ingest(
+        conn,
+        "ingest_fake_customers",
+        datetime(2026, 11, 3, tzinfo=timezone.utc),
+        datetime(2026, 11, 3, 0, 5, tzinfo=timezone.utc),
+        30,
+    )
     result = publish.run_publish(topic=topic)
-    assert result.published == 30 and result.after.last_event_id == max(table_ids(stack,
-                                                                                   fresh_db))
+    assert result.published == 30 and result.after.last_event_id == max(table_ids(stack, fresh_db))
     msgs = topic_messages(stack, topic)
     assert len(msgs) == 30
     cur = root_conn(stack, fresh_db).cursor()
@@ -86,9 +100,11 @@ def test_published_messages_carry_the_documented_fields(stack, fresh_db, topic) 
         assert m.key() == str(v["store_id"]).encode()
         assert v["schema_version"] == 1 and v["event_type"] == "customer_registered"
         assert v["create_date"].endswith("Z") and v["captured_at"].endswith("Z")
-        cur.execute("SELECT customer_id, store_id, email, DATE_FORMAT(create_date, "
-                    "'%%Y-%%m-%%dT%%H:%%i:%%sZ') FROM users_change_events WHERE event_id = %s",
-                    (v["event_id"],))
+        cur.execute(
+            "SELECT customer_id, store_id, email, DATE_FORMAT(create_date, "
+            "'%%Y-%%m-%%dT%%H:%%i:%%sZ') FROM users_change_events WHERE event_id = %s",
+            (v["event_id"],),
+        )
         assert cur.fetchone() == (v["customer_id"], v["store_id"], v["email"], v["create_date"])
     # each store's events sit in one partition, in event_id order
     by_store: dict[int, list[tuple[int, int, int]]] = {}
@@ -117,8 +133,9 @@ def test_concurrent_out_of_order_commits_lose_nothing(stack, fresh_db, topic) ->
             base = datetime(2026, 11, 5, 12, 0)
             for _ in range(60):
                 for _ in range(rng.randint(1, 4)):
-                    insert_customer(cur, rng.choice([1, 2]),
-                                    base + timedelta(seconds=rng.randrange(3600)))
+                    insert_customer(
+                        cur, rng.choice([1, 2]), base + timedelta(seconds=rng.randrange(3600))
+                    )
                 # Hold some transactions open while others (later ids) commit.
                 time.sleep(rng.choice([0, 0, 0, 0.01, 0.05, 0.3]))
                 if rng.random() < 0.2:
@@ -186,15 +203,21 @@ def test_sigkill_at_random_points_then_clean_run(stack, fresh_db, topic) -> None
     conn = db.connect("mysql_ingest", autocommit=False)
     start = datetime(2026, 11, 7, tzinfo=timezone.utc)
     for i in range(4):
-        ingest.run_ingest(conn, "kill_test", start + timedelta(hours=i),
-                          start + timedelta(hours=i + 1), 25_000)
+        ingest.run_ingest(
+            conn, "kill_test", start + timedelta(hours=i), start + timedelta(hours=i + 1), 25_000
+        )
     conn.close()
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'plugins'}:{ROOT}")
     rng = random.Random(7)
     kills = 0
     for _ in range(6):
-        proc = subprocess.Popen([sys.executable, "-u", "-c", PUBLISH_ONCE, "60000"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-u", "-c", PUBLISH_ONCE, "60000"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         # Kill at a random point after producing started (the hook logs "Producer").
         for line in proc.stdout:
             if "Producer" in line:
@@ -210,8 +233,10 @@ def test_sigkill_at_random_points_then_clean_run(stack, fresh_db, topic) -> None
     in_table = table_ids(stack, fresh_db)
     msgs = topic_messages(stack, topic)
     ids = [json.loads(m.value())["event_id"] for m in msgs]
-    print(f"kill test: {kills} kills, {len(in_table)} events, {len(ids)} messages, "
-          f"{len(ids) - len(set(ids))} repeats")
+    print(
+        f"kill test: {kills} kills, {len(in_table)} events, {len(ids)} messages, "
+        f"{len(ids) - len(set(ids))} repeats"
+    )
     assert kills >= 2
     assert set(ids) == in_table
     # repeats are exact copies of the same event
@@ -250,8 +275,18 @@ def test_missing_cdc_table_says_to_run_the_schema_step(stack, fresh_db, topic) -
 
 
 def test_mysql_down_names_the_connection(stack, topic, monkeypatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_MYSQL_PUBLISHER", json.dumps({
-        "conn_type": "mysql", "host": "127.0.0.1", "port": 1, "login": "reg_publisher",
-        "password": "x", "schema": "sakila"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MYSQL_PUBLISHER",
+        json.dumps(
+            {
+                "conn_type": "mysql",
+                "host": "127.0.0.1",
+                "port": 1,
+                "login": "reg_publisher",
+                "password": "x",
+                "schema": "sakila",
+            }
+        ),
+    )
     with pytest.raises(db.DatabaseUnavailable, match="mysql_publisher"):
         publish.run_publish(topic=topic)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import MySQLdb
 import pytest
-
 from regstream import db, ingest
+
 from stackctl import services
 from tests.conftest import role_conn, root_conn
 
@@ -32,15 +32,17 @@ def _run(database_conn_id: str, start: datetime, end: datetime, n: int) -> inges
 
 def test_each_role_can_do_only_what_it_was_granted(stack, fresh_db) -> None:
     denied = [
-        ("publisher", "INSERT INTO customer (store_id, first_name, last_name, address_id, "
-                      "create_date) VALUES (1, 'A', 'B', 1, NOW())"),
+        (
+            "publisher",
+            "INSERT INTO customer (store_id, first_name, last_name, address_id, "
+            "create_date) VALUES (1, 'A', 'B', 1, NOW())",
+        ),
         ("publisher", "DELETE FROM users_change_events"),
         ("ingest", "SELECT * FROM users_change_events"),
         ("ingest", "UPDATE latest_cdc_timestamp SET last_event_id = 0"),
         ("stream", "SELECT * FROM customer"),
         ("stream", "DELETE FROM registrations_per_window"),
-        ("reader", "INSERT INTO registrations_per_window VALUES "
-                   "(NOW(), NOW(), 1, 1, 0, NOW())"),
+        ("reader", "INSERT INTO registrations_per_window VALUES (NOW(), NOW(), 1, 1, 0, NOW())"),
         ("reader", "UPDATE latest_cdc_timestamp SET last_event_id = 0"),
     ]
     for role, sql in denied:
@@ -65,17 +67,23 @@ def test_trigger_rows_match_inserted_customers_one_to_one(stack, fresh_db) -> No
     result = _run("mysql_ingest", T0, T1, 50)
     assert result.inserted == 50 and not result.already_loaded
     cur = root_conn(stack, fresh_db).cursor()
-    cur.execute("SELECT c.customer_id, c.store_id, c.first_name, c.last_name, c.email, "
-                "c.address_id, c.create_date FROM customer c ORDER BY c.customer_id")
+    cur.execute(
+        "SELECT c.customer_id, c.store_id, c.first_name, c.last_name, c.email, "
+        "c.address_id, c.create_date FROM customer c ORDER BY c.customer_id"
+    )
     customers = cur.fetchall()
-    cur.execute("SELECT customer_id, store_id, first_name, last_name, email, address_id, "
-                "create_date FROM users_change_events ORDER BY customer_id")
+    cur.execute(
+        "SELECT customer_id, store_id, first_name, last_name, email, address_id, "
+        "create_date FROM users_change_events ORDER BY customer_id"
+    )
     events = cur.fetchall()
     assert len(customers) == 50
     assert events == customers
-    cur.execute("SELECT COUNT(DISTINCT event_id), MIN(event_type), MAX(event_type), "
-                "MIN(MICROSECOND(captured_at) > 0 OR captured_at IS NOT NULL) "
-                "FROM users_change_events")
+    cur.execute(
+        "SELECT COUNT(DISTINCT event_id), MIN(event_type), MAX(event_type), "
+        "MIN(MICROSECOND(captured_at) > 0 OR captured_at IS NOT NULL) "
+        "FROM users_change_events"
+    )
     distinct, t_min, t_max, _ = cur.fetchone()
     assert distinct == 50 and t_min == t_max == "customer_registered"
     assert result.first_customer_id == customers[0][0]
@@ -85,29 +93,33 @@ def test_trigger_rows_match_inserted_customers_one_to_one(stack, fresh_db) -> No
 def test_foreign_keys_are_valid_and_dates_inside_interval(stack, fresh_db) -> None:
     _run("mysql_ingest", T0, T1, 200)
     cur = root_conn(stack, fresh_db).cursor()
-    cur.execute("SELECT COUNT(*) FROM customer c LEFT JOIN address a USING (address_id) "
-                "LEFT JOIN store s ON s.store_id = c.store_id LEFT JOIN city ci "
-                "ON ci.city_id = a.city_id WHERE a.address_id IS NULL OR s.store_id IS NULL "
-                "OR ci.city_id IS NULL")
+    cur.execute(
+        "SELECT COUNT(*) FROM customer c LEFT JOIN address a USING (address_id) "
+        "LEFT JOIN store s ON s.store_id = c.store_id LEFT JOIN city ci "
+        "ON ci.city_id = a.city_id WHERE a.address_id IS NULL OR s.store_id IS NULL "
+        "OR ci.city_id IS NULL"
+    )
     assert cur.fetchone()[0] == 0
     cur.execute("SELECT COUNT(*), COUNT(DISTINCT address_id) FROM customer")
     assert cur.fetchone() == (200, 200)  # a new address for every customer
-    cur.execute("SELECT MIN(create_date), MAX(create_date), COUNT(DISTINCT store_id) "
-                "FROM customer")
+    cur.execute("SELECT MIN(create_date), MAX(create_date), COUNT(DISTINCT store_id) FROM customer")
     lo, hi, stores = cur.fetchone()
     assert T0.replace(tzinfo=None) <= lo and hi < T1.replace(tzinfo=None)
     assert (hi - lo) > timedelta(minutes=3)  # spread across the interval
     assert stores == 2
 
 
-def test_same_interval_twice_gives_one_copy_of_the_same_people(stack, fresh_db,
-                                                               monkeypatch) -> None:
+def test_same_interval_twice_gives_one_copy_of_the_same_people(
+    stack, fresh_db, monkeypatch
+) -> None:
     first = _run("mysql_ingest", T0, T1, 20)
     again = _run("mysql_ingest", T0, T1, 20)
     assert again.already_loaded and again.inserted == 0
     cur = root_conn(stack, fresh_db).cursor()
-    cur.execute("SELECT first_name, last_name, email, store_id, create_date FROM customer "
-                "ORDER BY customer_id")
+    cur.execute(
+        "SELECT first_name, last_name, email, store_id, create_date FROM customer "
+        "ORDER BY customer_id"
+    )
     people = cur.fetchall()
     assert len(people) == 20 and first.inserted == 20
     cur.execute("SELECT COUNT(*) FROM users_change_events")
@@ -120,8 +132,10 @@ def test_same_interval_twice_gives_one_copy_of_the_same_people(stack, fresh_db,
     point_connections_at(stack, other, monkeypatch)
     _run("mysql_ingest", T0, T1, 20)
     cur2 = root_conn(stack, other).cursor()
-    cur2.execute("SELECT first_name, last_name, email, store_id, create_date FROM customer "
-                 "ORDER BY customer_id")
+    cur2.execute(
+        "SELECT first_name, last_name, email, store_id, create_date FROM customer "
+        "ORDER BY customer_id"
+    )
     assert cur2.fetchall() == people
     root_conn(stack).cursor().execute(f"DROP DATABASE `{other}`")
 
@@ -134,15 +148,27 @@ def test_failed_load_leaves_nothing_behind(stack, fresh_db) -> None:
         ingest.load_customers(conn, "k1", 1, T0, T1, bad)
     cur = root_conn(stack, fresh_db).cursor()
     for table in ("customer", "address", "users_change_events", "ingest_batches"):
-        cur.execute(f"SELECT COUNT(*) FROM {table} WHERE 1 = 1"
-                    + (" AND address_id > 4" if table == "address" else ""))
+        cur.execute(
+            f"SELECT COUNT(*) FROM {table} WHERE 1 = 1"
+            + (" AND address_id > 4" if table == "address" else "")
+        )
         assert cur.fetchone()[0] == 0, table
 
 
 def test_unreachable_database_names_connection_and_host(monkeypatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_MYSQL_BROKEN", json.dumps({
-        "conn_type": "mysql", "host": "127.0.0.1", "port": 1, "login": "x",
-        "password": "y", "schema": "sakila"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MYSQL_BROKEN",
+        json.dumps(
+            {
+                "conn_type": "mysql",
+                "host": "127.0.0.1",
+                "port": 1,
+                "login": "x",
+                "password": "y",
+                "schema": "sakila",
+            }
+        ),
+    )
     with pytest.raises(db.DatabaseUnavailable, match=r"'mysql_broken' at 127\.0\.0\.1:1"):
         db.connect("mysql_broken")
 
@@ -150,8 +176,11 @@ def test_unreachable_database_names_connection_and_host(monkeypatch) -> None:
 def _load_stock_sakila(stack, name: str) -> None:
     for part in ("sakila-schema.sql", "sakila-data.sql"):
         text = (SAKILA / part).read_text()
-        text = re.sub(r"\b(DROP SCHEMA IF EXISTS|CREATE SCHEMA|USE) sakila;",
-                      lambda m: f"{m.group(1)} `{name}`;", text)
+        text = re.sub(
+            r"\b(DROP SCHEMA IF EXISTS|CREATE SCHEMA|USE) sakila;",
+            lambda m: f"{m.group(1)} `{name}`;",
+            text,
+        )
         text = re.sub(r"\bsakila\.", f"`{name}`.", text)
         tmp = stack.run / f"{name}-{part}"
         tmp.write_text(text)
@@ -177,8 +206,11 @@ def test_stock_sakila_keeps_its_data_and_gains_cdc(stack, monkeypatch) -> None:
     cur = root_conn(stack, name).cursor()
     cur.execute("SELECT COUNT(*) FROM customer")
     assert cur.fetchone()[0] == 599
-    cur.execute("SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s "
-                "AND EVENT_OBJECT_TABLE = 'customer'", (name,))
+    cur.execute(
+        "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s "
+        "AND EVENT_OBJECT_TABLE = 'customer'",
+        (name,),
+    )
     assert cur.fetchone()[0] == 2  # sakila's create_date trigger (kept) + the CDC trigger
 
     from tests.conftest import point_connections_at
@@ -186,13 +218,18 @@ def test_stock_sakila_keeps_its_data_and_gains_cdc(stack, monkeypatch) -> None:
     point_connections_at(stack, name, monkeypatch)
     result = _run("mysql_ingest", T0, T1, 25)
     assert result.inserted == 25 and result.first_customer_id == 600
-    cur.execute("SELECT COUNT(*), MIN(create_date) >= %s, MAX(create_date) < %s FROM customer "
-                "WHERE customer_id >= 600", (T0.replace(tzinfo=None), T1.replace(tzinfo=None)))
+    cur.execute(
+        "SELECT COUNT(*), MIN(create_date) >= %s, MAX(create_date) < %s FROM customer "
+        "WHERE customer_id >= 600",
+        (T0.replace(tzinfo=None), T1.replace(tzinfo=None)),
+    )
     assert cur.fetchone() == (25, 1, 1)  # backfilled dates survive sakila's trigger
     cur.execute("SELECT COUNT(*) FROM users_change_events")
     assert cur.fetchone()[0] == 25
-    cur.execute("SELECT COUNT(*) FROM customer c JOIN address a USING (address_id) "
-                "JOIN city USING (city_id) WHERE c.customer_id >= 600")
+    cur.execute(
+        "SELECT COUNT(*) FROM customer c JOIN address a USING (address_id) "
+        "JOIN city USING (city_id) WHERE c.customer_id >= 600"
+    )
     assert cur.fetchone()[0] == 25
     # SMALLINT ids: a load past 65,535 fails before writing anything.
     conn = db.connect("mysql_ingest", autocommit=False)

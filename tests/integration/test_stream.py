@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-
 from regstream import db, ingest, publish
+
 from stackctl import services
 from tests.conftest import (
     ARTIFACTS,
@@ -130,8 +130,10 @@ def test_too_late_events_are_counted_as_dropped_not_silently(stack, env) -> None
     cur = root_conn(stack, env["db"]).cursor()
 
     def dropped():
-        cur.execute("SELECT COALESCE(SUM(late_rows_dropped), 0) FROM stream_progress "
-                    "WHERE query_name = 'registration_counts'")
+        cur.execute(
+            "SELECT COALESCE(SUM(late_rows_dropped), 0) FROM stream_progress "
+            "WHERE query_name = 'registration_counts'"
+        )
         return cur.fetchone()[0] >= 1
 
     wait_for("the late row in stream_progress.late_rows_dropped", dropped, timeout=120)
@@ -146,8 +148,10 @@ def test_sigkill_mid_batch_then_restart_gives_the_same_counts(stack, env) -> Non
 
     def batch_running() -> bool:
         # progress rows exist only for finished batches: the batch after the last one is live
-        cur.execute("SELECT COALESCE(SUM(input_rows), 0) FROM stream_progress WHERE "
-                    "query_name = 'registration_counts'")
+        cur.execute(
+            "SELECT COALESCE(SUM(input_rows), 0) FROM stream_progress WHERE "
+            "query_name = 'registration_counts'"
+        )
         return cur.fetchone()[0] > 0
 
     wait_for("the job to be in its batches", batch_running, timeout=60)
@@ -183,24 +187,57 @@ def test_same_job_runs_on_a_standalone_cluster(stack, fresh_db, topic, tmp_path)
     logs = ARTIFACTS / "cluster"
     logs.mkdir(parents=True, exist_ok=True)
     master = subprocess.Popen(
-        [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-         "--port", "7177", "--webui-port", "8177"],
-        stdout=open(logs / "master.log", "wb"), stderr=subprocess.STDOUT, env=env,
-        start_new_session=True)
+        [
+            spark_class,
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "7177",
+            "--webui-port",
+            "8177",
+        ],
+        stdout=open(logs / "master.log", "wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     worker = subprocess.Popen(
-        [spark_class, "org.apache.spark.deploy.worker.Worker", "spark://127.0.0.1:7177",
-         "--host", "127.0.0.1", "--cores", "2", "--memory", "1g", "--webui-port", "8178"],
-        stdout=open(logs / "worker.log", "wb"), stderr=subprocess.STDOUT, env=env,
-        start_new_session=True)
+        [
+            spark_class,
+            "org.apache.spark.deploy.worker.Worker",
+            "spark://127.0.0.1:7177",
+            "--host",
+            "127.0.0.1",
+            "--cores",
+            "2",
+            "--memory",
+            "1g",
+            "--webui-port",
+            "8178",
+        ],
+        stdout=open(logs / "worker.log", "wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     job = None
     try:
-        wait_for("a registered worker", lambda: "Registering worker" in
-                 (logs / "master.log").read_text(), timeout=60)
+        wait_for(
+            "a registered worker",
+            lambda: "Registering worker" in (logs / "master.log").read_text(),
+            timeout=60,
+        )
         load(DAY, 30, 300, dag="cluster")
         publish.run_publish(topic=topic)
-        job = start_job(stack, topic, tmp_path / "ck", logs / "job.log",
-                        master="spark://127.0.0.1:7177",
-                        extra=[])
+        job = start_job(
+            stack,
+            topic,
+            tmp_path / "ck",
+            logs / "job.log",
+            master="spark://127.0.0.1:7177",
+            extra=[],
+        )
         wait_counts_match(stack, fresh_db, job, timeout=240)
         assert "app-" in (logs / "master.log").read_text()  # ran as a cluster application
         assert list(Path(env["SPARK_WORKER_DIR"]).glob("app-*/*/stderr"))  # executors ran

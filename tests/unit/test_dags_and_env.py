@@ -18,7 +18,10 @@ def dagbag():
 def test_dags_import_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
     assert set(dagbag.dag_ids) == {
-        "ingest_fake_customers", "publish_cdc_events", "stream_registration_counts"}
+        "ingest_fake_customers",
+        "publish_cdc_events",
+        "stream_registration_counts",
+    }
 
 
 def test_dag_files_are_named_like_their_dag(dagbag) -> None:
@@ -58,13 +61,17 @@ def test_stream_dag_keeps_one_job_alive(dagbag) -> None:
 def test_installed_pyspark_is_the_pinned_version() -> None:
     import pyspark
 
-    pinned = next(line.split("==")[1].strip() for line in
-                  (ROOT / "requirements.txt").read_text().splitlines()
-                  if line.startswith("pyspark=="))
+    pinned = next(
+        line.split("==")[1].strip()
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.startswith("pyspark==")
+    )
     assert version("pyspark") == pinned
     assert pyspark.__version__ == pinned
     jars = Path(pyspark.__file__).parent / "jars"
-    assert (jars / f"spark-core_2.13-{pinned}.jar").exists(), "pyspark's jars differ from its python side"
+    assert (jars / f"spark-core_2.13-{pinned}.jar").exists(), (
+        "pyspark's jars differ from its python side"
+    )
     assert version("pyspark-client") == pinned
 
 

@@ -23,9 +23,17 @@ def test_every_service_has_a_pinned_image_and_a_healthcheck() -> None:
 
 
 def test_the_expected_services_are_there() -> None:
-    assert {"mysql", "kafka", "spark-master", "spark-worker", "airflow-init",
-            "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-            "airflow-triggerer"} <= set(SERVICES)
+    assert {
+        "mysql",
+        "kafka",
+        "spark-master",
+        "spark-worker",
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+    } <= set(SERVICES)
     assert SERVICES["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert SERVICES["mysql"]["image"].startswith("mysql:8")
     assert "./sql:/docker-entrypoint-initdb.d:ro" in SERVICES["mysql"]["volumes"]
@@ -34,8 +42,12 @@ def test_the_expected_services_are_there() -> None:
 def test_connection_ids_and_settings_match_the_local_stack() -> None:
     local = config.connection_env(config.load("test"))
     local_names = {k for k in local if k.startswith(("AIRFLOW_CONN_", "REGSTREAM_"))}
-    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                 "airflow-triggerer"):
+    for name in (
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+    ):
         env = SERVICES[name]["environment"]
         compose_names = {k for k in env if k.startswith(("AIRFLOW_CONN_", "REGSTREAM_"))}
         assert compose_names == local_names, (name, compose_names ^ local_names)
@@ -63,5 +75,5 @@ def test_sql_files_are_numbered_and_idempotent() -> None:
         for stmt in re.findall(r"CREATE (TABLE|TRIGGER|DATABASE)\s+(\S+\s+\S+\s+\S+)", text):
             kind, rest = stmt
             assert rest.startswith("IF NOT EXISTS") or (
-                kind == "TRIGGER" and f"DROP TRIGGER IF EXISTS {rest.split()[0]}" in text), \
-                (f.name, stmt)
+                kind == "TRIGGER" and f"DROP TRIGGER IF EXISTS {rest.split()[0]}" in text
+            ), (f.name, stmt)

@@ -3,7 +3,6 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-
 from regstream.ingest import (
     IngestError,
     batch_key,

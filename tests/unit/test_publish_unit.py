@@ -5,7 +5,9 @@ from pathlib import Path
 
 from regstream.publish import PRODUCER_CONFIG, Gap, subtract
 
-SCHEMA = Path(__file__).resolve().parents[2] / "plugins/regstream/schemas/customer_registered.v1.json"
+SCHEMA = (
+    Path(__file__).resolve().parents[2] / "plugins/regstream/schemas/customer_registered.v1.json"
+)
 
 
 def test_subtract_splits_ranges() -> None:
@@ -29,9 +31,19 @@ def test_producer_waits_for_all_replicas_and_is_idempotent() -> None:
 def test_message_schema_documents_every_field_and_a_version() -> None:
     schema = json.loads(SCHEMA.read_text())
     props = schema["value"]["properties"]
-    for field in ("schema_version", "event_id", "event_type", "customer_id", "store_id",
-                  "first_name", "last_name", "email", "address_id", "create_date",
-                  "captured_at"):
+    for field in (
+        "schema_version",
+        "event_id",
+        "event_type",
+        "customer_id",
+        "store_id",
+        "first_name",
+        "last_name",
+        "email",
+        "address_id",
+        "create_date",
+        "captured_at",
+    ):
         assert field in props, field
     assert props["schema_version"]["const"] == 1
     assert "store_id" in schema["key"]["description"]
