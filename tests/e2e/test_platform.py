@@ -195,7 +195,8 @@ def test_backfill_fills_past_intervals_once(stack, platform) -> None:
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=stack.run)
     assert res.returncode == 0, res.stderr[-2000:]
     cur = root_conn(stack, DB).cursor()
-    lo, hi = (start - timedelta(minutes=5)).replace(tzinfo=None), end.replace(tzinfo=None)
+    # runs' logical dates (interval starts) span from..to: intervals [from, to + 5 min)
+    lo, hi = start.replace(tzinfo=None), (end + timedelta(minutes=5)).replace(tzinfo=None)
 
     def landed() -> bool:
         cur.execute(
@@ -270,6 +271,25 @@ def _pids(pattern: str) -> list[int]:
             if pattern in cmd and int(entry.name) != os.getpid():
                 pids.append(int(entry.name))
     return pids
+
+
+def _task_pids(task_id: str) -> list[int]:
+    """The supervisor of a running task (it holds the task's log file open) and its
+    children (the task runner): Airflow 3 titles them only by the task instance's uuid."""
+    owners, parent = [], {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            parent[pid] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            for fd in (entry / "fd").iterdir():
+                if f"task_id={task_id}/" in os.readlink(fd):
+                    owners.append(pid)
+                    break
+        except OSError:
+            continue
+    return owners + [p for p, pp in parent.items() if pp in owners]
 
 
 def test_faults_during_steady_load_recover_to_ground_truth(stack, platform) -> None:
