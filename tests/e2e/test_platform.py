@@ -343,7 +343,9 @@ def test_faults_during_steady_load_recover_to_ground_truth(stack, platform) -> N
         print(f"FAULT {figures[-1]}")
 
     def kill_publisher() -> int:
-        pids = wait_for("a running publish task", lambda: _pids("publish_new_events"), 120, 0.05)
+        pids = wait_for(
+            "a running publish task", lambda: _task_pids("publish_new_events"), 120, 0.05
+        )
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         return len(pids)
