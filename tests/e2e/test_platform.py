@@ -274,8 +274,8 @@ def _pids(pattern: str) -> list[int]:
 
 
 def _task_pids(task_id: str) -> list[int]:
-    """The supervisor of a running task (it holds the task's log file open) and its
-    children (the task runner): Airflow 3 titles them only by the task instance's uuid."""
+    """The task runner of a running task: the child of the process holding the task's log
+    file open (its supervisor). Airflow 3 titles them only by the task instance's uuid."""
     owners, parent = [], {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -289,7 +289,8 @@ def _task_pids(task_id: str) -> list[int]:
                     break
         except OSError:
             continue
-    return owners + [p for p, pp in parent.items() if pp in owners]
+    # the task runner(s) only: their supervisor survives and reports the failure at once
+    return [p for p, pp in parent.items() if pp in owners]
 
 
 def test_faults_during_steady_load_recover_to_ground_truth(stack, platform) -> None:
