@@ -129,7 +129,9 @@ def build_counts(
     events: DataFrame, window: str = "1 minute", slide: str | None = None, lateness: str = "7 days"
 ) -> DataFrame:
     """Valid events -> registrations per (window, store), repeats of an event_id counted once."""
-    valid = events.where(F.col("reason").isNull())
+    # Only the three columns the count needs: dedup state and both shuffles carry whole
+    # rows otherwise (raw JSON included), several times the bytes.
+    valid = events.where(F.col("reason").isNull()).select("event_id", "store_id", "create_date")
     deduped = valid.withWatermark("create_date", lateness).dropDuplicatesWithinWatermark(
         ["event_id"]
     )
