@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -231,7 +232,8 @@ def main() -> None:
     args = p.parse_args()
     s = stack()
     work = s.run / "bench"
-    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # checkpoints of an earlier run: other topics
+    work.mkdir(parents=True)
     t = throughput(s, args.events, work)
     report(
         "stream_throughput",

@@ -60,6 +60,9 @@ EVENT_SCHEMA = StructType(
     ]
 )
 REQUIRED = ("schema_version", "event_id", "event_type", "customer_id", "store_id", "create_date")
+# What the job reads of each message: the required fields only. The parser skips the rest
+# (names, email, captured_at) cheaply; converting them costs a third of the throughput.
+PARSE_SCHEMA = StructType([f for f in EVENT_SCHEMA.fields if f.name in REQUIRED])
 JSON_OPTIONS = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX", "mode": "PERMISSIVE"}
 
 COUNTS_QUERY = "registration_counts"
@@ -100,7 +103,7 @@ def _reason(raw: Column, parsed: Column) -> Column:
 def parse_events(kafka_rows: DataFrame) -> DataFrame:
     """Kafka rows -> event columns plus `reason` (null for a valid event) and Kafka position."""
     raw = F.col("value").cast("string")
-    parsed = F.from_json(raw, EVENT_SCHEMA, JSON_OPTIONS)
+    parsed = F.from_json(raw, PARSE_SCHEMA, JSON_OPTIONS)
     return (
         kafka_rows.select(
             raw.alias("raw_value"),
