@@ -74,18 +74,32 @@ def read_pid(path: Path) -> int | None:
     return pid if _pid_alive(pid) else None
 
 
+def _session_leaders(s: Settings) -> set[int]:
+    leaders = set()
+    for name in ("mariadb", "kafka", "airflow"):
+        try:
+            leaders.add(int((s.run / f"{name}.pid").read_text().strip()))
+        except (OSError, ValueError):
+            pass
+    return leaders
+
+
 def marked_pids(s: Settings) -> list[int]:
-    """Every live process started by this profile (found by its environment mark)."""
+    """Every live process started by this profile: found by its environment mark, or by its
+    session (each service starts a new one). Both, because Airflow's workers rewrite their
+    environ area with setproctitle, and a process may leave the session."""
     needle = f"{MARK}={s.run}".encode()
+    leaders = _session_leaders(s)
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             env = (entry / "environ").read_bytes()
-        except OSError:
+            sid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[4])
+        except (OSError, ValueError, IndexError):
             continue
-        if needle + b"\0" in env + b"\0" and _pid_alive(int(entry.name)):
+        if (needle + b"\0" in env + b"\0" or sid in leaders) and _pid_alive(int(entry.name)):
             pids.append(int(entry.name))
     return pids
 
