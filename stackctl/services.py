@@ -96,7 +96,7 @@ def marked_pids(s: Settings) -> list[int]:
             continue
         try:
             env = (entry / "environ").read_bytes()
-            sid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[4])
+            sid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3])
         except (OSError, ValueError, IndexError):
             continue
         if (needle + b"\0" in env + b"\0" or sid in leaders) and _pid_alive(int(entry.name)):
