@@ -48,7 +48,9 @@ class Airflow:
         with urllib.request.urlopen(req, timeout=30) as r:
             self.token = json.load(r)["access_token"]
 
-    def call(self, method: str, path: str, body: Any = None, raw: bool = False) -> Any:
+    def call(
+        self, method: str, path: str, body: Any = None, raw: bool = False, attempts: int = 3
+    ) -> Any:
         if not self.token:
             self.login()
         req = urllib.request.Request(
@@ -67,7 +69,12 @@ class Airflow:
         except urllib.error.HTTPError as exc:
             if exc.code == 401:
                 self.token = ""
-                return self.call(method, path, body, raw)
+                return self.call(method, path, body, raw, attempts)
+            if exc.code >= 500 and attempts > 1:
+                # standalone Airflow keeps its metadata in SQLite: a write can hit
+                # "database is locked" under load; the request is safe to repeat
+                time.sleep(1)
+                return self.call(method, path, body, raw, attempts - 1)
             raise AssertionError(f"{method} {path}: {exc.code} {exc.read()[:500]!r}") from exc
         if raw:  # task logs: structured entries, searched as text
             return json.dumps(json.loads(data), ensure_ascii=False)
