@@ -413,6 +413,7 @@ def airflow_env(s: Settings) -> dict[str, str]:
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "stackctl.airflow_db.SQLITE_CONNECT_ARGS",
             "AIRFLOW__API_AUTH__JWT_SECRET": pw["AIRFLOW_ADMIN_PASSWORD"] + "-jwt",
             "AIRFLOW__CORE__FERNET_KEY": "",
             "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}",
