@@ -7,6 +7,7 @@ into benchmarks/results.json and benchmarks/results.md with the machine's descri
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -45,10 +46,11 @@ ROWS = [  # (benchmark, label, figure, baseline figure, target)
 
 def main() -> None:
     results: dict[str, dict] = {}
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}"}
     t0 = time.monotonic()
     for script in SCRIPTS:
         res = subprocess.run(
-            [sys.executable, "-m", script], cwd=ROOT, capture_output=True, text=True
+            [sys.executable, "-m", script], cwd=ROOT, capture_output=True, text=True, env=env
         )
         for line in res.stdout.splitlines():
             if line.startswith("{") and '"benchmark"' in line:
