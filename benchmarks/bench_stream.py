@@ -3,9 +3,11 @@
 Usage: .state/venv/bin/python -m benchmarks.bench_stream [--events 2000000] [--seconds 60]
 
 throughput  2,000,000 valid events are put in a topic first, then the job (spark-submit,
-            local[2], both queries running) consumes them; events/s = events / wall time from
-            the first batch's start to the last batch's end, plus the batch durations.
-            Target: >= 50,000 events/s sustained.
+            local[2], both queries running, 500,000 offsets per trigger) consumes them.
+            Sustained events/s = events of batches 2..n / time from the end of batch 1 to the
+            end of batch n; batch 1 runs on a cold JVM (JIT, code generation) and is reported
+            apart, with the rate over all batches including it. Target: >= 50,000 events/s
+            sustained.
 freshness   customers inserted one per transaction at a steady rate (create_date = now)
             through the whole flow: trigger -> publisher in its most continuous mode (a loop
             of publish runs back to back: `python -m regstream.publish --loop`) -> Kafka ->
@@ -106,12 +108,17 @@ def throughput(s, n: int, work: Path) -> dict:
     drop(s, database)
     first_start = float(batches[0][2]) - batches[0][1] / 1000
     wall = float(batches[-1][2]) - first_start
+    # Sustained: after the first batch, whose time is mostly the cold JVM (JIT, codegen).
+    steady_rows = sum(int(b[0]) for b in batches[1:])
+    steady_wall = float(batches[-1][2]) - float(batches[0][2])
     durations = [int(b[1]) for b in batches]
     assert counted == n, (counted, n)
     return {
         "events": n,
         "seconds": round(wall, 1),
-        "events_per_s": round(n / wall),
+        "events_per_s": round(steady_rows / steady_wall) if steady_rows else None,
+        "events_per_s_with_cold_start": round(n / wall),
+        "cold_first_batch_ms": durations[0],
         "batches": len(batches),
         "batch_ms": durations,
         "batch_ms_max": max(durations),
@@ -229,26 +236,31 @@ def main() -> None:
     p.add_argument("--events", type=int, default=2_000_000)
     p.add_argument("--seconds", type=int, default=60)
     p.add_argument("--rate", type=float, default=10.0)
+    p.add_argument("--only", choices=["throughput", "freshness"], default=None)
     args = p.parse_args()
     s = stack()
     work = s.run / "bench"
     shutil.rmtree(work, ignore_errors=True)  # checkpoints of an earlier run: other topics
     work.mkdir(parents=True)
-    t = throughput(s, args.events, work)
-    report(
-        "stream_throughput",
-        t,
-        f"{t['events']:,} events in {t['seconds']}s = {t['events_per_s']:,}/s sustained, "
-        f"{t['batches']} batches, longest {t['batch_ms_max']} ms",
-    )
-    f = freshness(s, args.seconds, args.rate, work)
-    report(
-        "freshness",
-        f,
-        f"{f['customers']} customers at {f['rate_per_s']}/s: commit -> "
-        f"visible p50 {f['p50_s']} s, p95 {f['p95_s']} s, p99 {f['p99_s']} s "
-        f"({f['mode']}); {f['not_visible']} never visible",
-    )
+    if args.only != "freshness":
+        t = throughput(s, args.events, work)
+        report(
+            "stream_throughput",
+            t,
+            f"{t['events']:,} events: {t['events_per_s']:,}/s sustained after the first "
+            f"batch; {t['events_per_s_with_cold_start']:,}/s over all {t['seconds']} s "
+            f"including the cold first batch ({t['cold_first_batch_ms']} ms); "
+            f"batches {t['batch_ms']} ms",
+        )
+    if args.only != "throughput":
+        f = freshness(s, args.seconds, args.rate, work)
+        report(
+            "freshness",
+            f,
+            f"{f['customers']} customers at {f['rate_per_s']}/s: commit -> "
+            f"visible p50 {f['p50_s']} s, p95 {f['p95_s']} s, p99 {f['p99_s']} s "
+            f"({f['mode']}); {f['not_visible']} never visible",
+        )
     print(json.dumps({"ok": True}))
 
 

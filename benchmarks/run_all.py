@@ -38,7 +38,20 @@ ROWS = [  # (benchmark, label, figure, baseline figure, target)
         ">= 100,000 and >= 0.5 x baseline",
     ),
     ("publish", "publish peak memory (MiB)", "max_rss_mib", "baseline_max_rss_mib", "bounded"),
-    ("stream_throughput", "stream 2M events (events/s)", "events_per_s", None, ">= 50,000"),
+    (
+        "stream_throughput",
+        "stream 2M events, sustained (events/s)",
+        "events_per_s",
+        None,
+        ">= 50,000",
+    ),
+    (
+        "stream_throughput",
+        "stream 2M events, incl. cold first batch (events/s)",
+        "events_per_s_with_cold_start",
+        None,
+        "",
+    ),
     ("freshness", "commit -> visible p50 / p95 / p99 (s)", None, None, "p95 < 3 s"),
     ("freshness_asset", "commit -> visible p50 / p95 / p99 (s)", None, None, "p95 < 10 s"),
 ]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import dag
-from regstream.settings import SPARK_CONN_ID, state_dir
+from regstream.settings import SPARK_CONN_ID, spark_submit_conf, state_dir
 
 JOB = Path(__file__).resolve().parent.parent / "spark_jobs" / "registration_counts.py"
 CHECKPOINTS = state_dir() / "spark" / "checkpoints"
@@ -45,13 +45,7 @@ def stream_registration_counts() -> None:
         application=str(JOB),
         name="registration_counts",
         jars=os.environ.get("REGSTREAM_SPARK_JARS", ""),
-        conf={
-            "spark.sql.shuffle.partitions": os.environ.get(
-                "REGSTREAM_SPARK_SHUFFLE_PARTITIONS", "2"
-            ),
-            "spark.driver.memory": os.environ.get("REGSTREAM_SPARK_DRIVER_MEMORY", "1g"),
-            "spark.ui.enabled": "false",
-        },
+        conf=spark_submit_conf(),
         application_args=[
             "--bootstrap",
             os.environ.get("REGSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),

@@ -43,6 +43,10 @@ WATERMARK_TABLE = "latest_cdc_timestamp"
 PRODUCER_CONFIG: dict[str, Any] = {
     "acks": "all",
     "enable.idempotence": True,
+    # The Java client's partitioner: a key lands where any Java producer (Kafka Connect,
+    # Debezium) would put it. librdkafka's default (CRC32) puts sakila's stores 1 and 2 on
+    # the same partition of two, leaving the other empty and the consumer one task short.
+    "partitioner": "murmur2_random",
     "linger.ms": 20,
     "batch.size": 1_000_000,
     "compression.type": "lz4",

@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from regstream.settings import spark_submit_conf
+
 from stackctl import config
 from tests.conftest import ROOT, root_conn, wait_for
 
@@ -38,12 +40,7 @@ def start_job(
         master,
         "--jars",
         jars,
-        "--conf",
-        "spark.sql.shuffle.partitions=2",
-        "--conf",
-        "spark.ui.enabled=false",
-        "--conf",
-        "spark.driver.memory=1g",
+        *(a for k, v in spark_submit_conf().items() for a in ("--conf", f"{k}={v}")),
         str(JOB),
         "--bootstrap",
         s.kafka_bootstrap,

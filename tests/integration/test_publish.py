@@ -115,6 +115,8 @@ def test_published_messages_carry_the_documented_fields(stack, fresh_db, topic) 
         assert len({p for p, _, _ in events}) == 1
         ordered = sorted(events, key=lambda e: e[1])
         assert [e[2] for e in ordered] == sorted(e[2] for e in events)
+    # the Java client's partitioner: sakila's two stores use both partitions of the topic
+    assert {events[0][0] for events in by_store.values()} == {0, 1}
 
 
 def test_concurrent_out_of_order_commits_lose_nothing(stack, fresh_db, topic) -> None:
