@@ -59,6 +59,8 @@ def stream_registration_counts() -> None:
             os.environ.get("REGSTREAM_LATENESS", "7 days"),
             "--trigger",
             os.environ.get("REGSTREAM_TRIGGER", "1 second"),
+            "--progress-retention-days",
+            os.environ.get("REGSTREAM_PROGRESS_RETENTION_DAYS", "7"),
         ],
         verbose=False,
     )

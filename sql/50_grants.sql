@@ -18,7 +18,7 @@ GRANT PROCESS ON *.* TO 'reg_publisher'@'%';
 -- Stream sink: the Spark job's three tables.
 GRANT SELECT, INSERT, UPDATE ON registrations_per_window TO 'reg_stream'@'%';
 GRANT SELECT, INSERT, UPDATE ON stream_quarantine TO 'reg_stream'@'%';
-GRANT SELECT, INSERT, UPDATE ON stream_progress TO 'reg_stream'@'%';
+GRANT SELECT, INSERT, UPDATE, DELETE ON stream_progress TO 'reg_stream'@'%';
 
 -- Read-only role for the live view and analysts.
 GRANT SELECT ON registrations_per_window TO 'reg_reader'@'%';

@@ -167,6 +167,30 @@ def ground_total(stack, database: str) -> int:
     return cur.fetchone()[0]
 
 
+def test_old_progress_rows_are_pruned_but_late_drop_records_kept(stack, env) -> None:
+    cur = root_conn(stack, env["db"]).cursor()
+    cur.executemany(
+        "INSERT INTO stream_progress (query_name, batch_id, input_rows, late_rows_dropped, "
+        "finished_at) VALUES ('old_query', %s, 10, %s, NOW(6) - INTERVAL %s DAY)",
+        [(1, 0, 30), (2, 3, 30), (3, 0, 1)],
+    )
+    # the job prunes when it starts and hourly: restart it
+    kill_job(env["proc"])
+    env["proc"] = start_job(stack, env["topic"], env["ck"], env["log"])
+    load(DAY + timedelta(hours=5), 5, 20)
+    publish.run_publish(topic=env["topic"])
+    wait_counts_match(stack, env["db"], env["proc"])
+
+    def kept() -> list | None:
+        cur.execute("SELECT batch_id FROM stream_progress WHERE query_name = 'old_query'")
+        ids = sorted(r[0] for r in cur.fetchall())
+        return ids if ids == [2, 3] else None
+
+    # batch 1 (30 days old) pruned; batch 2 (it dropped late rows) and batch 3 (1 day) kept
+    wait_for("old progress rows to be pruned", kept, timeout=60)
+    assert "pruned 1 stream_progress rows older than 7 days" in env["log"].read_text()
+
+
 def test_second_instance_refuses_to_start(stack, env, tmp_path) -> None:
     log = tmp_path / "second.log"
     proc = start_job(stack, env["topic"], env["ck"], log, extra=["--lock-timeout", "1"])
