@@ -272,11 +272,11 @@ class Sink:
         cur = self._cursor()
         cur.execute(
             "INSERT INTO stream_progress (query_name, batch_id, input_rows, rows_per_second, "
-            "duration_ms, event_watermark, late_rows_dropped, state_rows, kafka_end_offsets) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
+            "duration_ms, event_watermark, late_rows_dropped, kafka_end_offsets) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
             "input_rows = VALUES(input_rows), rows_per_second = VALUES(rows_per_second), "
             "duration_ms = VALUES(duration_ms), event_watermark = VALUES(event_watermark), "
-            "late_rows_dropped = VALUES(late_rows_dropped), state_rows = VALUES(state_rows), "
+            "late_rows_dropped = VALUES(late_rows_dropped), "
             "kafka_end_offsets = VALUES(kafka_end_offsets), finished_at = CURRENT_TIMESTAMP(6)",
             (
                 p["name"],
@@ -286,7 +286,6 @@ class Sink:
                 p["duration_ms"],
                 p["watermark"],
                 p["late_rows_dropped"],
-                p["state_rows"],
                 p["end_offsets"],
             ),
         )
@@ -326,9 +325,8 @@ def progress_summary(progress: Any) -> dict[str, Any]:
         "duration_ms": (d.get("durationMs") or {}).get("triggerExecution"),
         "watermark": wm.replace("T", " ").rstrip("Z")[:23] if wm else None,
         "late_rows_dropped": sum(int(o.get("numRowsDroppedByWatermark", 0)) for o in ops),
-        # The total is not tracked (trackTotalNumberOfRows=false: a read per write); the rows
-        # written this batch and the state's memory are.
-        "state_rows": None,
+        # The state's total rows are not tracked (trackTotalNumberOfRows=false: a read per
+        # write); the rows written this batch and the state's memory are.
         "state_rows_updated": sum(int(o.get("numRowsUpdated", 0)) for o in ops),
         "state_mib": round(sum(int(o.get("memoryUsedBytes", 0)) for o in ops) / 2**20, 1),
         "end_offsets": json.dumps(sources[0].get("endOffset")),

@@ -35,7 +35,6 @@ CREATE TABLE IF NOT EXISTS stream_progress (
   duration_ms BIGINT NULL,
   event_watermark DATETIME(3) NULL,
   late_rows_dropped BIGINT NOT NULL DEFAULT 0,
-  state_rows BIGINT NULL COMMENT 'null: not tracked (RocksDB trackTotalNumberOfRows=false)',
   kafka_end_offsets TEXT NULL,
   finished_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   PRIMARY KEY (query_name, batch_id),
