@@ -2,7 +2,7 @@
 # the flow; `make test` runs the whole suite on its own ports beside a running stack.
 PY ?= python3
 VENV := .state/venv/bin
-SERVICE ?= airflow
+SERVICE ?= airflow-scheduler
 
 .PHONY: up down status logs test bench lint reset stream-stop
 

@@ -1,30 +1,37 @@
--- Least privilege per role, on the current database. The users themselves are created with
--- generated passwords by stackctl (local) or 00_create_users.sh (docker-compose).
+-- Least privilege per role, on the current database. Privileges go to MariaDB roles; the
+-- accounts that log in (reg_ingest@127.0.0.1 on the local stack, reg_ingest@'%' in
+-- docker-compose) are created with generated passwords by stackctl or 00_create_users.sh,
+-- and get their role as default role. (90_create_users.sh is the MySQL 8 form.)
+CREATE ROLE IF NOT EXISTS reg_ingest_role;
+CREATE ROLE IF NOT EXISTS reg_publisher_role;
+CREATE ROLE IF NOT EXISTS reg_stream_role;
+CREATE ROLE IF NOT EXISTS reg_reader_role;
 
 -- Ingest writer: reads reference data, writes customers and their addresses.
-GRANT SELECT ON country TO 'reg_ingest'@'%';
-GRANT SELECT ON city TO 'reg_ingest'@'%';
-GRANT SELECT ON store TO 'reg_ingest'@'%';
-GRANT SELECT, INSERT ON address TO 'reg_ingest'@'%';
-GRANT SELECT, INSERT ON customer TO 'reg_ingest'@'%';
-GRANT SELECT, INSERT, UPDATE ON ingest_batches TO 'reg_ingest'@'%';
+GRANT SELECT ON country TO reg_ingest_role;
+GRANT SELECT ON city TO reg_ingest_role;
+GRANT SELECT ON store TO reg_ingest_role;
+GRANT SELECT, INSERT ON address TO reg_ingest_role;
+GRANT SELECT, INSERT ON customer TO reg_ingest_role;
+GRANT SELECT, INSERT, UPDATE ON ingest_batches TO reg_ingest_role;
 
 -- CDC publisher: reads events, owns its watermark. PROCESS lets it see which transactions
 -- are still open (information_schema.INNODB_TRX), to know when an id gap is final.
-GRANT SELECT ON users_change_events TO 'reg_publisher'@'%';
-GRANT SELECT, INSERT, UPDATE ON latest_cdc_timestamp TO 'reg_publisher'@'%';
-GRANT PROCESS ON *.* TO 'reg_publisher'@'%';
+GRANT SELECT ON users_change_events TO reg_publisher_role;
+GRANT SELECT, INSERT, UPDATE ON latest_cdc_timestamp TO reg_publisher_role;
+GRANT PROCESS ON *.* TO reg_publisher_role;
 
 -- Stream sink: the Spark job's three tables.
-GRANT SELECT, INSERT, UPDATE ON registrations_per_window TO 'reg_stream'@'%';
-GRANT SELECT, INSERT, UPDATE ON stream_quarantine TO 'reg_stream'@'%';
-GRANT SELECT, INSERT, UPDATE, DELETE ON stream_progress TO 'reg_stream'@'%';
+GRANT SELECT, INSERT, UPDATE ON registrations_per_window TO reg_stream_role;
+GRANT SELECT, INSERT, UPDATE ON stream_quarantine TO reg_stream_role;
+GRANT SELECT, INSERT, UPDATE, DELETE ON stream_progress TO reg_stream_role;
 
--- Read-only role for the live view and analysts.
-GRANT SELECT ON registrations_per_window TO 'reg_reader'@'%';
-GRANT SELECT ON stream_progress TO 'reg_reader'@'%';
-GRANT SELECT ON stream_quarantine TO 'reg_reader'@'%';
-GRANT SELECT ON latest_cdc_timestamp TO 'reg_reader'@'%';
-GRANT SELECT ON users_change_events TO 'reg_reader'@'%';
-GRANT SELECT ON customer TO 'reg_reader'@'%';
-GRANT SELECT ON store TO 'reg_reader'@'%';
+-- Live view: what the page shows and nothing more. No customer rows: of the change events
+-- only id and capture time (the backlog), of the quarantine only position, reason and time
+-- (not the raw message, which may hold a customer's name and e-mail).
+GRANT SELECT ON registrations_per_window TO reg_reader_role;
+GRANT SELECT ON stream_progress TO reg_reader_role;
+GRANT SELECT ON latest_cdc_timestamp TO reg_reader_role;
+GRANT SELECT (event_id, captured_at) ON users_change_events TO reg_reader_role;
+GRANT SELECT (topic, kafka_partition, kafka_offset, kafka_timestamp, reason, quarantined_at)
+  ON stream_quarantine TO reg_reader_role;

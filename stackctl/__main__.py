@@ -1,4 +1,4 @@
-"""Operator entry point: python3 -m stackctl {up,down,status,logs,install,env,unpause}.
+"""Operator entry point: python3 -m stackctl {up,down,status,logs,install,env,exec,stream-stop}.
 
 `make up` / `make down` / `make status` / `make logs SERVICE=kafka` call this.
 REG_PROFILE=test selects the test profile (other ports and state folder).
@@ -13,11 +13,10 @@ import subprocess
 import sys
 import time
 
-from stackctl import config, install, services
+from stackctl import config, install, services, supervisor
 
 log = logging.getLogger("stackctl")
 
-SERVICES = ("mariadb", "kafka", "airflow")
 DAG_IDS = ("ingest_fake_customers", "publish_cdc_events", "stream_registration_counts")
 
 
@@ -27,34 +26,29 @@ def up(s: config.Settings, *, airflow: bool = True, unpause: bool = True) -> Non
     s.run.mkdir(parents=True, exist_ok=True)
     config.secrets_for(s)
     t_install = time.monotonic() - t0
+    services.start_supervisor(s)
     steps = [("mariadb", services.start_mariadb), ("kafka", services.start_kafka)]
+    if airflow:
+        steps.append(("airflow", services.start_airflow))
     for name, start in steps:
         t = time.monotonic()
         start(s)
-        log.info("%-8s up on port %s (%.1fs)", name, _port(s, name), time.monotonic() - t)
-    services.apply_schema(s)
-    if airflow:
-        t = time.monotonic()
-        services.start_airflow(s)
-        log.info("airflow  up on port %s (%.1fs)", s.airflow_port, time.monotonic() - t)
-        if unpause:
-            unpause_dags(s)
-    pw = config.secrets_for(s)["AIRFLOW_ADMIN_PASSWORD"]
+        log.info("%-8s up (%.1fs)", name, time.monotonic() - t)
+        if name == "mariadb":
+            services.apply_schema(s)
+    if airflow and unpause:
+        unpause_dags(s)
     log.info(
         "stack %s ready in %.1fs (installs %.1fs)", s.profile, time.monotonic() - t0, t_install
     )
     if airflow:
-        print(f"\nAirflow UI: {s.airflow_url}   login: admin / {pw}")
+        print(f"\nAirflow UI: {s.airflow_url}   login: admin / (password in {s.secrets_file})")
         print(f"Live view:  {s.airflow_url}/regstream/")
     print(
         f"MySQL:      127.0.0.1:{s.mysql_port} database {config.DATABASE} "
         f"(passwords in {s.secrets_file})"
     )
     print(f"Kafka:      {s.kafka_bootstrap} topic {config.TOPIC}")
-
-
-def _port(s: config.Settings, name: str) -> int:
-    return {"mariadb": s.mysql_port, "kafka": s.kafka_port, "airflow": s.airflow_port}[name]
 
 
 def airflow_cli(s: config.Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -82,42 +76,57 @@ def unpause_dags(s: config.Settings, timeout: float = 120) -> None:
     if pending:
         raise services.ServiceError(
             f"DAGs not parsed in {timeout:.0f}s: {sorted(pending)}; see "
-            f"{s.logs / 'airflow.log'} and `airflow dags list-import-errors`"
+            f"{s.logs / 'airflow-dag-processor.log'} and `airflow dags list-import-errors`"
         )
     log.info("unpaused %s", ", ".join(DAG_IDS))
 
 
-def status(s: config.Settings) -> int:
-    rows = []
-    checks = {
-        "mariadb": lambda: services.port_open(s.mysql_port),
-        "kafka": lambda: services.port_open(s.kafka_port),
-        "airflow": lambda: services.airflow_healthy(s),
+def program_ports(s: config.Settings) -> dict[str, str]:
+    return {
+        "mariadb": str(s.mysql_port),
+        "postgres": str(s.pg_port),
+        "kafka": f"{s.kafka_port},{s.kafka_controller_port}",
+        "airflow-api-server": str(s.airflow_port),
     }
-    down = 0
-    for name in SERVICES:
-        pid = services.read_pid(s.run / f"{name}.pid")
-        ok = bool(pid) and checks[name]()
-        down += not ok
-        rows.append(
-            f"{name:8} {'up' if ok else 'DOWN':5} port {_port(s, name):<6} pid {pid or '-'}"
-        )
-    extra = services.marked_pids(s)
-    rss_kb = 0
-    for pid in extra:
+
+
+def pss_mib(pids: list[int]) -> float:
+    """Proportional set size: pages shared by forked workers counted once, in proportion."""
+    kb = 0
+    for pid in pids:
         try:
-            # Pss: shared pages (forked Airflow workers) counted once, proportionally.
-            rss_kb += next(
-                int(line.split()[1])
-                for line in open(f"/proc/{pid}/smaps_rollup")
-                if line.startswith("Pss:")
-            )
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                kb += next(int(line.split()[1]) for line in fh if line.startswith("Pss:"))
         except (OSError, StopIteration):
             pass
+    return kb / 1024
+
+
+def status(s: config.Settings) -> int:
+    """Each program: state, pid, port, memory (its whole process tree). Exit 1 if any is down."""
+    states = supervisor.states(s)
     print(f"profile {s.profile} ({s.run})")
-    print("\n".join(rows))
+    if not states:
+        print("supervisord is not running: `make up` starts the stack")
+        return 1
+    ports = program_ports(s)
+    down = 0
+    total = 0.0
+    print(f"{'program':22} {'state':9} {'pid':>8} {'port':>11} {'PSS MiB':>8} processes")
+    for name in (p.name for p in services.programs(s)):
+        st = states.get(name)
+        tree = services.descendants(st.pid) if st and st.pid else []
+        mem = pss_mib(tree)
+        total += mem
+        down += not st or st.state != "RUNNING"
+        print(
+            f"{name:22} {st.state if st else 'UNKNOWN':9} {st.pid if st and st.pid else '-':>8} "
+            f"{ports.get(name, '-'):>11} {mem:8.0f} {len(tree)}"
+        )
+    everything = services.descendants(supervisor.daemon_pid(s) or 0)
     print(
-        f"processes of this profile: {len(extra)}, resident memory (PSS) {rss_kb / 1024:,.0f} MiB"
+        f"supervisord pid {supervisor.daemon_pid(s)}; whole stack {len(everything)} processes, "
+        f"PSS {pss_mib(everything):,.0f} MiB"
     )
     return 1 if down else 0
 
@@ -127,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
     )
     p = argparse.ArgumentParser(prog="stackctl", description=__doc__)
-    p.add_argument("--profile", choices=["local", "test"], default=None)
+    p.add_argument("--profile", choices=sorted(config.PROFILES), default=None)
     sub = p.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up", help="install what is missing, start everything, run the flow")
     p_up.add_argument("--no-airflow", action="store_true", help="only MariaDB and Kafka")
@@ -135,12 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop every process of the profile")
     sub.add_parser("status", help="each service up or down, with port and pid")
     p_logs = sub.add_parser("logs", help="tail a service's log")
-    p_logs.add_argument("service", choices=SERVICES)
+    p_logs.add_argument(
+        "service", choices=[p.name for p in services.programs(config.load())] + ["supervisord"]
+    )
     p_logs.add_argument("-n", type=int, default=50)
     p_logs.add_argument("-f", action="store_true", help="follow")
     p_inst = sub.add_parser("install", help="only install (Debian packages, venv, jars)")
     p_inst.add_argument("--with-test-packages", action="store_true")
     sub.add_parser("env", help="print the environment (connections) as shell exports")
+    p_exec = sub.add_parser("exec", help="(supervisord's command) run one Airflow component")
+    p_exec.add_argument("component", choices=services.AIRFLOW_COMPONENTS)
     sub.add_parser("stream-stop", help="pause the stream DAG and stop the Spark job cleanly")
     args = p.parse_args(argv)
     s = config.load(args.profile)
@@ -156,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             logfile = s.logs / f"{args.service}.log"
             cmd = ["tail", f"-n{args.n}"] + (["-F"] if args.f else []) + [str(logfile)]
             os.execvp("tail", cmd)
+        elif args.cmd == "exec":
+            services.exec_component(s, args.component)
         elif args.cmd == "install":
             install.everything(s, with_test_packages=args.with_test_packages)
         elif args.cmd == "stream-stop":
@@ -173,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in services.airflow_env(s).items():
                 if k.startswith(("AIRFLOW", "REGSTREAM", "PYTHONPATH")):
                     print(f"export {k}={shlex.quote(v)}")
-    except services.ServiceError as exc:
+    except (services.ServiceError, supervisor.SupervisorError) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 DEBIAN_PACKAGES = [
     "mariadb-server",
+    "postgresql",
     "mariadb-client",
     "default-libmysqlclient-dev",
     "pkg-config",

@@ -1,8 +1,9 @@
-"""Start, check and stop the local services: MariaDB, Kafka (KRaft) and Airflow standalone.
+"""The profile's services: MariaDB, PostgreSQL, Kafka (KRaft) and Airflow's components.
 
-Every process started here carries REGSTREAM_RUN_DIR in its environment, and so do all
-of its children (Airflow's LocalExecutor workers, spark-submit and its JVM): `down` finds
-them all by that mark in /proc, so nothing survives it whatever process group it is in.
+Each runs as a supervisord program (stackctl/supervisor.py), which restarts it when it dies.
+This module prepares each service (data directories, users, schema), declares its program and
+waits until it is ready. Every process carries REGSTREAM_RUN_DIR in its environment, so `down`
+can sweep up a stray child (a Spark driver whose task runner died) after supervisord stopped.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import getpass
 import json
 import logging
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -21,11 +23,22 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from stackctl.config import DATABASE, ROLES, ROOT, Settings, connection_env, secrets_for
+from stackctl import supervisor
+from stackctl.config import (
+    DATABASE,
+    ROLES,
+    ROOT,
+    Settings,
+    connection_env,
+    secrets_for,
+    write_private,
+)
+from stackctl.supervisor import Program
 
 log = logging.getLogger(__name__)
 
 MARK = "REGSTREAM_RUN_DIR"
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
 class ServiceError(RuntimeError):
@@ -66,68 +79,60 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def read_pid(path: Path) -> int | None:
-    try:
-        pid = int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if _pid_alive(pid) else None
+def _stat_fields(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def _session_leaders(s: Settings) -> set[int]:
-    leaders = set()
-    for name in ("mariadb", "kafka", "airflow"):
-        try:
-            leaders.add(int((s.run / f"{name}.pid").read_text().strip()))
-        except (OSError, ValueError):
-            pass
-    return leaders
-
-
-def marked_pids(s: Settings) -> list[int]:
-    """Every live process started by this profile: found by its environment mark, or by its
-    session (each service starts a new one). Both, because Airflow's workers rewrite their
-    environ area with setproctitle, and a process may leave the session."""
+def marked_pids(s: Settings, groups: set[int] = frozenset()) -> list[int]:
+    """Every live process of this profile: found by its environment mark, or by its process
+    group (`groups`: the supervisord programs' pids). Both, because Airflow's processes rewrite
+    their environ area with setproctitle."""
     needle = f"{MARK}={s.run}".encode()
-    leaders = _session_leaders(s)
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             env = (entry / "environ").read_bytes()
-            sid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3])
+            pgid = int(_stat_fields(int(entry.name))[2])
         except (OSError, ValueError, IndexError):
             continue
-        if (needle + b"\0" in env + b"\0" or sid in leaders) and _pid_alive(int(entry.name)):
+        if (needle + b"\0" in env + b"\0" or pgid in groups) and _pid_alive(int(entry.name)):
             pids.append(int(entry.name))
     return pids
 
 
+def descendants(root: int) -> list[int]:
+    """root and every process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(
+                    int(entry.name)
+                )
+            except (OSError, ValueError, IndexError):
+                continue
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
 def base_env(s: Settings) -> dict[str, str]:
-    env = dict(os.environ)
+    """The environment of supervisord and so of every program: no secrets in it."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AIRFLOW", "REG_", "REGSTREAM_", "MYSQL_", "PG"))
+    }
     env[MARK] = str(s.run)
     env["PATH"] = f"{s.venv / 'bin'}:{env.get('PATH', '')}"
     env["TZ"] = "UTC"
     env["SPARK_LOCAL_IP"] = "127.0.0.1"
     return env
-
-
-def _spawn(s: Settings, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
-    s.logs.mkdir(parents=True, exist_ok=True)
-    logfile = s.logs / f"{name}.log"
-    with open(logfile, "ab") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env or base_env(s),
-            start_new_session=True,
-            cwd=str(s.run),
-        )
-    (s.run / f"{name}.pid").write_text(str(proc.pid))
-    return proc.pid
 
 
 # ---------------------------------------------------------------- MariaDB
@@ -141,19 +146,15 @@ def mysql_cli(
     file: Path | None = None,
     check: bool = True,
 ) -> subprocess.CompletedProcess:
+    """Run SQL as root over the socket. The SQL goes on stdin and the password in MYSQL_PWD,
+    never on the command line (where any user could read it in /proc)."""
     pw = secrets_for(s)["MYSQL_ROOT_PASSWORD"]
     argv = ["mariadb", "--no-defaults", f"--socket={s.mysql_socket}", "-uroot", "-N", "-B"]
     env = dict(os.environ, MYSQL_PWD=pw)
     if database:
         argv.append(database)
-    if sql is not None:
-        argv += ["-e", sql]
-    stdin = open(file, "rb") if file else subprocess.DEVNULL
-    try:
-        return subprocess.run(argv, env=env, stdin=stdin, capture_output=True, check=check)
-    finally:
-        if file:
-            stdin.close()
+    data = file.read_bytes() if file else (sql or "").encode()
+    return subprocess.run(argv, env=env, input=data, capture_output=True, check=check)
 
 
 def _mysql_ready(s: Settings) -> bool:
@@ -162,70 +163,75 @@ def _mysql_ready(s: Settings) -> bool:
     return mysql_cli(s, "SELECT 1", check=False).returncode == 0
 
 
-def start_mariadb(s: Settings) -> None:
+def _mariadb_program(s: Settings) -> Program:
     data = s.run / "mysql" / "data"
+    return Program(
+        "mariadb",
+        [
+            "mariadbd",
+            "--no-defaults",
+            f"--datadir={data}",
+            f"--socket={s.mysql_socket}",
+            f"--port={s.mysql_port}",
+            "--bind-address=127.0.0.1",
+            f"--user={getpass.getuser()}",
+            f"--pid-file={s.run / 'mysql' / 'mariadbd.pid'}",
+            "--default-time-zone=+00:00",
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_unicode_ci",
+            "--innodb-buffer-pool-size=512M",
+            "--innodb-log-file-size=256M",
+            # Local development durability: the OS cache survives a crash of mariadbd itself.
+            "--innodb-flush-log-at-trx-commit=2",
+            "--log-bin-trust-function-creators=1",
+            "--max-connections=300",
+            "--skip-name-resolve",
+        ],
+        s.run,
+        stopwaitsecs=60,
+    )
+
+
+def init_mariadb(s: Settings) -> bool:
+    """Create the data directory once; True when it is new (root has no password yet)."""
+    data = s.run / "mysql" / "data"
+    if (data / "mysql").exists():
+        return False
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    subprocess.run(
+        [
+            "mariadb-install-db",
+            "--no-defaults",
+            f"--datadir={data}",
+            f"--user={getpass.getuser()}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return True
+
+
+def start_mariadb(s: Settings) -> None:
     logfile = s.logs / "mariadb.log"
-    pidfile = s.run / "mariadb.pid"
-    if read_pid(pidfile) and _mysql_ready(s):
+    if supervisor.pid_of(s, "mariadb") and _mysql_ready(s):
         return
-    if port_open(s.mysql_port):
-        raise ServiceError(
-            f"port {s.mysql_port} is taken by another program: set REG_MYSQL_PORT to a free port"
-        )
-    fresh = not (data / "mysql").exists()
-    if fresh:
-        shutil.rmtree(data, ignore_errors=True)
-        data.mkdir(parents=True)
-        subprocess.run(
-            [
-                "mariadb-install-db",
-                "--no-defaults",
-                f"--datadir={data}",
-                f"--user={getpass.getuser()}",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-            ],
-            check=True,
-            capture_output=True,
-        )
-    argv = [
-        "mariadbd",
-        "--no-defaults",
-        f"--datadir={data}",
-        f"--socket={s.mysql_socket}",
-        f"--port={s.mysql_port}",
-        "--bind-address=127.0.0.1",
-        f"--user={getpass.getuser()}",
-        f"--pid-file={s.run / 'mysql' / 'mariadbd.pid'}",
-        f"--log-error={logfile}",
-        "--default-time-zone=+00:00",
-        "--character-set-server=utf8mb4",
-        "--collation-server=utf8mb4_unicode_ci",
-        "--innodb-buffer-pool-size=512M",
-        "--innodb-log-file-size=256M",
-        # Local development durability: the OS cache survives a crash of mariadbd itself.
-        "--innodb-flush-log-at-trx-commit=2",
-        "--log-bin-trust-function-creators=1",
-        "--max-connections=300",
-        "--skip-name-resolve",
-    ]
-    _spawn(s, "mariadb", argv)
-    # The socket appears first; a query proves it.
+    _check_ports_free(s, "mariadb", s.mysql_port)
+    fresh = init_mariadb(s)
+    supervisor.start(s, "mariadb")
     if fresh:
         wait_until(
             "MariaDB", lambda: s.mysql_socket.exists() and port_open(s.mysql_port), 60, logfile
         )
         pw = secrets_for(s)["MYSQL_ROOT_PASSWORD"]
         subprocess.run(
-            [
-                "mariadb",
-                "--no-defaults",
-                f"--socket={s.mysql_socket}",
-                "-uroot",
-                "-e",
+            ["mariadb", "--no-defaults", f"--socket={s.mysql_socket}", "-uroot"],
+            input=(
                 f"ALTER USER 'root'@'localhost' IDENTIFIED BY '{pw}';"
-                "DELETE FROM mysql.global_priv WHERE User='';FLUSH PRIVILEGES;",
-            ],
+                "DELETE FROM mysql.global_priv WHERE User='';FLUSH PRIVILEGES;"
+            ).encode(),
             check=True,
             capture_output=True,
         )
@@ -236,19 +242,163 @@ def sql_files() -> list[Path]:
     return sorted((ROOT / "sql").glob("[0-9][0-9]_*.sql"))
 
 
+# Accounts of the local stack accept connections from loopback only.
+LOCAL_ACCOUNT_HOST = "127.0.0.1"
+
+
 def apply_schema(s: Settings, database: str = DATABASE) -> None:
-    """Create the database, the role users (passwords from secrets) and run sql/ in order."""
+    """Create the database and run sql/ in order, then create each role's account (password
+    from secrets, loopback only) and give it the role that sql/50_grants.sql defined."""
     pw = secrets_for(s)
-    stmts = [f"CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4"]
-    for role, user in ROLES.items():
-        secret = pw[f"REG_{role.upper()}_PASSWORD"]
-        stmts.append(f"CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{secret}'")
-        stmts.append(f"ALTER USER '{user}'@'%' IDENTIFIED BY '{secret}'")
-    mysql_cli(s, ";".join(stmts))
+    mysql_cli(s, f"CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4")
     for path in sql_files():
         res = mysql_cli(s, database=database, file=path, check=False)
         if res.returncode != 0:
             raise ServiceError(f"{path.name} failed on {database}: {res.stderr.decode().strip()}")
+    stmts = []
+    for role, user in ROLES.items():
+        secret = pw[f"REG_{role.upper()}_PASSWORD"]
+        account = f"'{user}'@'{LOCAL_ACCOUNT_HOST}'"
+        stmts += [
+            f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY '{secret}'",
+            f"ALTER USER {account} IDENTIFIED BY '{secret}'",
+            f"GRANT {user}_role TO {account}",
+            f"SET DEFAULT ROLE {user}_role FOR {account}",
+        ]
+    res = mysql_cli(s, ";".join(stmts) + ";", check=False)
+    if res.returncode != 0:
+        raise ServiceError(f"creating the role accounts failed: {res.stderr.decode().strip()}")
+
+
+# ---------------------------------------------------------------- PostgreSQL (Airflow metadata)
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    if not found:
+        raise ServiceError(f"PostgreSQL's {name} not found: `make up` installs `postgresql`")
+    return str(found[-1])
+
+
+def _pg_user() -> str | None:
+    """PostgreSQL refuses to run as root: then it runs as the `postgres` user the Debian
+    package creates; otherwise as the current user."""
+    return "postgres" if os.geteuid() == 0 else None
+
+
+def _as_pg_user(argv: list[str]) -> list[str]:
+    user = _pg_user()
+    return ["runuser", "-u", user, "--", *argv] if user else argv
+
+
+def _psql(s: Settings, sql: str, database: str = "postgres") -> str:
+    user = _pg_user() or getpass.getuser()
+    res = subprocess.run(
+        _as_pg_user(
+            [
+                _pg_bin("psql"),
+                "-h",
+                str(s.pg_socket_dir),
+                "-p",
+                str(s.pg_port),
+                "-U",
+                user,
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-qAt",
+            ]
+        ),
+        input=sql.encode(),
+        capture_output=True,
+    )
+    if res.returncode != 0:
+        raise ServiceError(f"psql failed: {res.stderr.decode().strip()}")
+    return res.stdout.decode().strip()
+
+
+def init_postgres(s: Settings) -> None:
+    """initdb once: the data directory belongs to the server's user; local socket logins by
+    the OS user (peer), TCP logins by password (scram-sha-256)."""
+    data = s.pg_dir / "data"
+    s.pg_socket_dir.mkdir(parents=True, exist_ok=True)
+    user = _pg_user()
+    if user:
+        ent = pwd.getpwnam(user)
+        for path in (s.pg_dir, s.pg_socket_dir):
+            os.chown(path, ent.pw_uid, ent.pw_gid)
+    if (data / "PG_VERSION").exists():
+        return
+    s.pg_dir.chmod(0o700)
+    subprocess.run(
+        _as_pg_user(
+            [
+                _pg_bin("initdb"),
+                "-D",
+                str(data),
+                "-U",
+                user or getpass.getuser(),
+                "--auth-local=peer",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+
+
+def _postgres_program(s: Settings) -> Program:
+    return Program(
+        "postgres",
+        [
+            _pg_bin("postgres"),
+            "-D",
+            str(s.pg_dir / "data"),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"port={s.pg_port}",
+            "-c",
+            f"unix_socket_directories={s.pg_socket_dir}",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=128MB",
+            "-c",
+            "log_min_messages=warning",
+        ],
+        s.pg_dir,
+        user=_pg_user(),
+        # SIGINT: PostgreSQL's "fast" shutdown (SIGTERM waits for every client to leave)
+        stopsignal="INT",
+        stopwaitsecs=60,
+    )
+
+
+def _pg_ready(s: Settings) -> bool:
+    try:
+        return _psql(s, "SELECT 1") == "1"
+    except ServiceError:
+        return False
+
+
+def start_postgres(s: Settings) -> None:
+    """Airflow's metadata database: role and database `airflow`, password from secrets."""
+    if not (supervisor.pid_of(s, "postgres") and _pg_ready(s)):
+        _check_ports_free(s, "postgres", s.pg_port)
+        init_postgres(s)
+        supervisor.start(s, "postgres")
+        wait_until("PostgreSQL", lambda: _pg_ready(s), 60, s.logs / "postgres.log")
+    pw = secrets_for(s)["AIRFLOW_DB_PASSWORD"]
+    if _psql(s, "SELECT 1 FROM pg_roles WHERE rolname = 'airflow'") != "1":
+        _psql(s, "CREATE ROLE airflow LOGIN")
+    _psql(s, f"ALTER ROLE airflow PASSWORD '{pw}'")
+    if _psql(s, "SELECT 1 FROM pg_database WHERE datname = 'airflow'") != "1":
+        _psql(s, "CREATE DATABASE airflow OWNER airflow")
 
 
 # ---------------------------------------------------------------- Kafka
@@ -321,6 +471,45 @@ LOG4J2 = """Configuration:
 """
 
 
+def _kafka_java(s: Settings, cls: str, *args: str, heap: bool = False) -> list[str]:
+    argv = ["java"]
+    if heap:
+        argv += [
+            f"-Xms{min(256, s.kafka_heap_mb)}m",
+            f"-Xmx{s.kafka_heap_mb}m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+        ]
+    log4j = s.run / "kafka" / "log4j2.yaml"
+    argv += [
+        f"-Dlog4j2.configurationFile={log4j}",
+        "-cp",
+        f"{s.jars / 'kafka-broker'}/*",
+        cls,
+        *args,
+    ]
+    return argv
+
+
+LOG4J2 = """Configuration:
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: STDOUT
+    Logger:
+      - name: kafka.request.logger
+        level: WARN
+      - name: org.apache.kafka.controller
+        level: WARN
+"""
+
+
 def kafka_ready(s: Settings, since: int = 0) -> bool:
     logfile = s.logs / "kafka.log"
     if not port_open(s.kafka_port):
@@ -333,61 +522,91 @@ def kafka_ready(s: Settings, since: int = 0) -> bool:
         return False
 
 
-def start_kafka(s: Settings) -> None:
+def _kafka_program(s: Settings) -> Program:
+    props = s.run / "kafka" / "server.properties"
+    return Program("kafka", _kafka_java(s, "kafka.Kafka", str(props), heap=True), s.run)
+
+
+def init_kafka(s: Settings) -> None:
     kdir = s.run / "kafka"
-    pidfile = s.run / "kafka.pid"
-    logfile = s.logs / "kafka.log"
-    if read_pid(pidfile) and port_open(s.kafka_port):
-        return
-    for port in (s.kafka_port, s.kafka_controller_port):
-        if port_open(port):
-            raise ServiceError(
-                f"port {port} is taken by another program: set "
-                "REG_KAFKA_PORT / REG_KAFKA_CONTROLLER_PORT to free ports"
-            )
     kdir.mkdir(parents=True, exist_ok=True)
     props = kdir / "server.properties"
     props.write_text(_kafka_properties(s))
     (kdir / "log4j2.yaml").write_text(LOG4J2)
-    if not (kdir / "data" / "meta.properties").exists():
-        cluster_id = (
-            subprocess.run(
-                _kafka_java(s, "kafka.tools.StorageTool", "random-uuid"),
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+    if (kdir / "data" / "meta.properties").exists():
+        return
+    cluster_id = (
         subprocess.run(
-            _kafka_java(
-                s,
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                cluster_id,
-                "-c",
-                str(props),
-                "--standalone",
-            ),
+            _kafka_java(s, "kafka.tools.StorageTool", "random-uuid"),
             check=True,
             capture_output=True,
+            text=True,
         )
-    s.logs.mkdir(parents=True, exist_ok=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    subprocess.run(
+        _kafka_java(
+            s,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(props),
+            "--standalone",
+        ),
+        check=True,
+        capture_output=True,
+    )
+
+
+def start_kafka(s: Settings) -> None:
+    logfile = s.logs / "kafka.log"
+    if supervisor.pid_of(s, "kafka") and port_open(s.kafka_port):
+        return
+    _check_ports_free(s, "kafka", s.kafka_port, s.kafka_controller_port)
+    init_kafka(s)
     offset = logfile.stat().st_size if logfile.exists() else 0
-    _spawn(s, "kafka", _kafka_java(s, "kafka.Kafka", str(props), heap=True))
+    supervisor.start(s, "kafka")
     wait_until("Kafka", lambda: kafka_ready(s, offset), 120, logfile)
 
 
 # ---------------------------------------------------------------- Airflow
 
+# Which Airflow connections each component's processes receive (issue: least privilege).
+# The scheduler runs the tasks (LocalExecutor forks them), so it holds the roles the tasks
+# use; the API server serves the live view, which reads through the reader role only.
+COMPONENT_CONNECTIONS: dict[str, tuple[str, ...]] = {
+    "api-server": ("MYSQL_READER",),
+    "scheduler": (
+        "MYSQL_INGEST",
+        "MYSQL_PUBLISHER",
+        "MYSQL_STREAM",
+        "KAFKA_DEFAULT",
+        "SPARK_DEFAULT",
+    ),
+    "dag-processor": (),
+    "triggerer": ("MYSQL_PUBLISHER",),
+}
 
-def airflow_env(s: Settings) -> dict[str, str]:
+
+def _airflow_db_url(s: Settings) -> str:
+    pw = secrets_for(s)["AIRFLOW_DB_PASSWORD"]
+    return f"postgresql+psycopg2://airflow:{pw}@127.0.0.1:{s.pg_port}/airflow"
+
+
+def airflow_env(s: Settings, component: str | None = None) -> dict[str, str]:
+    """Airflow's environment. With a component, only the connections it uses; without one
+    (CLI, tests), all of them."""
     env = base_env(s)
     home = s.airflow_home
     pw = secrets_for(s)
-    env.update(connection_env(s))
+    conns = connection_env(s)
+    if component is not None:
+        keep = {f"AIRFLOW_CONN_{c}" for c in COMPONENT_CONNECTIONS[component]}
+        conns = {k: v for k, v in conns.items() if not k.startswith("AIRFLOW_CONN_") or k in keep}
+    env.update(conns)
     env.update(
         {
             "AIRFLOW_HOME": str(home),
@@ -403,23 +622,54 @@ def airflow_env(s: Settings) -> dict[str, str]:
                 home / "simple_auth_manager_passwords.json"
             ),
             "AIRFLOW__CORE__DEFAULT_TIMEZONE": "utc",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _airflow_db_url(s),
             "AIRFLOW__API__PORT": str(s.airflow_port),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__BASE_URL": s.airflow_url,
-            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__WORKERS": str(s.airflow_api_workers),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{s.airflow_url}/execution/",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
-            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "stackctl.airflow_db.SQLITE_CONNECT_ARGS",
-            "AIRFLOW__API_AUTH__JWT_SECRET": pw["AIRFLOW_ADMIN_PASSWORD"] + "-jwt",
-            "AIRFLOW__CORE__FERNET_KEY": "",
+            "AIRFLOW__API_AUTH__JWT_SECRET": pw["AIRFLOW_JWT_SECRET"],
+            "AIRFLOW__CORE__FERNET_KEY": pw["AIRFLOW_FERNET_KEY"],
             "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}",
         }
     )
     return env
+
+
+# Each component skips its log server: every process shares one log folder on this machine,
+# and the API server reads task logs from it (no socket to open).
+_COMPONENT_ARGS = {
+    "api-server": [],
+    "scheduler": ["--skip-serve-logs"],
+    "dag-processor": [],
+    "triggerer": ["--skip-serve-logs"],
+}
+
+
+def exec_component(s: Settings, component: str) -> None:
+    """Replace this process with an Airflow component (supervisord's command for it)."""
+    env = airflow_env(s, component)
+    airflow = str(s.venv / "bin" / "airflow")
+    os.chdir(s.run)
+    os.execve(airflow, [airflow, component, *_COMPONENT_ARGS[component]], env)
+
+
+def _airflow_programs(s: Settings) -> list[Program]:
+    python = str(s.venv / "bin" / "python")
+    return [
+        Program(
+            f"airflow-{c}",
+            [python, "-m", "stackctl", "--profile", s.profile, "exec", c],
+            ROOT,
+            startsecs=5,
+        )
+        for c in AIRFLOW_COMPONENTS
+    ]
 
 
 def airflow_health(s: Settings) -> dict | None:
@@ -439,74 +689,93 @@ def airflow_healthy(s: Settings) -> bool:
 
 
 def start_airflow(s: Settings) -> None:
-    pidfile = s.run / "airflow.pid"
-    logfile = s.logs / "airflow.log"
-    if read_pid(pidfile) and airflow_healthy(s):
+    """PostgreSQL, `airflow db migrate`, then the four components."""
+    start_postgres(s)
+    if all(supervisor.pid_of(s, f"airflow-{c}") for c in AIRFLOW_COMPONENTS) and airflow_healthy(s):
         return
-    if port_open(s.airflow_port):
-        raise ServiceError(
-            f"port {s.airflow_port} is taken by another program: "
-            "set REG_AIRFLOW_PORT to a free port"
-        )
+    _check_ports_free(s, "airflow-api-server", s.airflow_port)
     home = s.airflow_home
     home.mkdir(parents=True, exist_ok=True)
-    pwfile = home / "simple_auth_manager_passwords.json"
-    pwfile.write_text(json.dumps({"admin": secrets_for(s)["AIRFLOW_ADMIN_PASSWORD"]}))
-    env = airflow_env(s)
-    airflow = str(s.venv / "bin" / "airflow")
-    subprocess.run(
-        [airflow, "db", "migrate"], env=env, check=True, capture_output=True, cwd=str(s.run)
+    write_private(
+        home / "simple_auth_manager_passwords.json",
+        json.dumps({"admin": secrets_for(s)["AIRFLOW_ADMIN_PASSWORD"]}),
     )
-    _spawn(s, "airflow", [airflow, "standalone"], env=env)
-    wait_until("Airflow", lambda: airflow_healthy(s), 180, logfile)
+    res = subprocess.run(
+        [str(s.venv / "bin" / "airflow"), "db", "migrate"],
+        env=airflow_env(s, "scheduler"),
+        capture_output=True,
+        text=True,
+        cwd=str(s.run),
+    )
+    if res.returncode != 0:
+        raise ServiceError(f"airflow db migrate failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+    for c in AIRFLOW_COMPONENTS:
+        supervisor.start(s, f"airflow-{c}")
+    wait_until("Airflow", lambda: airflow_healthy(s), 180, s.logs / "airflow-api-server.log")
 
 
-# ---------------------------------------------------------------- stop
+# ---------------------------------------------------------------- supervision
+
+
+def programs(s: Settings) -> list[Program]:
+    return [
+        _mariadb_program(s),
+        _postgres_program(s),
+        _kafka_program(s),
+        *_airflow_programs(s),
+    ]
+
+
+def start_supervisor(s: Settings) -> None:
+    s.run.mkdir(parents=True, exist_ok=True)
+    supervisor.start_daemon(s, programs(s), base_env(s))
+
+
+def _check_ports_free(s: Settings, program: str, *ports: int) -> None:
+    """A port answered by something that is not this profile's program is a clash to name."""
+    if supervisor.pid_of(s, program):
+        return
+    for port in ports:
+        if port_open(port):
+            raise ServiceError(
+                f"port {port} (for {program}) is taken by another program: "
+                "choose another with the REG_*_PORT variables (README, Configuration)"
+            )
 
 
 def stop_all(s: Settings, timeout: float = 30) -> list[int]:
-    """Stop every marked process: Airflow first (SIGINT to its group), then the rest."""
-    stopped = set(marked_pids(s))
-    air = read_pid(s.run / "airflow.pid")
-    if air:
-        try:
-            os.killpg(air, signal.SIGINT)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and _pid_alive(air):
-            time.sleep(0.2)
+    """Stop supervisord and its programs, then any stray process of this profile."""
+    groups = {st.pid for st in supervisor.states(s).values() if st.pid}
+    daemon = supervisor.daemon_pid(s)
+    stopped = set(marked_pids(s, groups)) | (set(descendants(daemon)) if daemon else set())
+    supervisor.shutdown(s)
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
-        pids = marked_pids(s)
+        pids = marked_pids(s, groups)
         if not pids:
             break
+        log.info("stopping %d stray processes of %s with %s", len(pids), s.profile, sig.name)
         for pid in pids:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and marked_pids(s):
+        while time.monotonic() < deadline and marked_pids(s, groups):
             time.sleep(0.2)
-    left = marked_pids(s)
+    left = marked_pids(s, groups)
     if left:
         raise ServiceError(f"processes still running after SIGKILL: {left}")
-    for name in ("mariadb", "kafka", "airflow"):
-        (s.run / f"{name}.pid").unlink(missing_ok=True)
     return sorted(stopped)
 
 
-def stop_service(s: Settings, name: str, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
-    """Stop one service and its children (used by fault tests)."""
-    pid = read_pid(s.run / f"{name}.pid")
+def kill_program(s: Settings, name: str, sig: int = signal.SIGKILL) -> int:
+    """Signal one program's main process (fault tests); returns the pid signalled."""
+    pid = supervisor.pid_of(s, name)
     if not pid:
-        return
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(pid):
-        time.sleep(0.1)
-    if _pid_alive(pid):
-        os.killpg(pid, signal.SIGKILL)
+        raise ServiceError(f"{name} is not running")
+    os.kill(pid, sig)
+    return pid
+
+
+def stop_program(s: Settings, name: str) -> None:
+    supervisor.ctl(s, "stop", name)

@@ -52,7 +52,7 @@ def _fresh_profile(s: config.Settings) -> None:
     if _started.get("fresh"):
         return
     services.stop_all(s)
-    for sub in ("mysql", "kafka", "airflow", "spark", "logs"):
+    for sub in ("mysql", "postgres", "kafka", "airflow", "spark", "logs", "supervisor"):
         shutil.rmtree(s.run / sub, ignore_errors=True)
     for pid in s.run.glob("*.pid"):
         pid.unlink()
@@ -64,6 +64,7 @@ def _fresh_profile(s: config.Settings) -> None:
 def stack(settings: config.Settings) -> Iterator[config.Settings]:
     """MariaDB and Kafka of the test profile, started fresh for the session."""
     _fresh_profile(settings)
+    services.start_supervisor(settings)
     services.start_mariadb(settings)
     services.start_kafka(settings)
     services.apply_schema(settings)
@@ -113,20 +114,9 @@ def role_conn(s: config.Settings, role: str, database: str) -> Any:
 
 def point_connections_at(s: config.Settings, database: str, monkeypatch: Any) -> None:
     """AIRFLOW_CONN_MYSQL_* of every role -> `database` (how the hooks find it)."""
-    pw = config.secrets_for(s)
-    for role, user in config.ROLES.items():
+    for role in config.ROLES:
         monkeypatch.setenv(
-            f"AIRFLOW_CONN_MYSQL_{role.upper()}",
-            json.dumps(
-                {
-                    "conn_type": "mysql",
-                    "host": "127.0.0.1",
-                    "port": s.mysql_port,
-                    "login": user,
-                    "password": pw[f"REG_{role.upper()}_PASSWORD"],
-                    "schema": database,
-                }
-            ),
+            f"AIRFLOW_CONN_MYSQL_{role.upper()}", config.mysql_conn_json(s, role, database)
         )
 
 
