@@ -5,7 +5,13 @@
                                       from the stream's 1-minute windows
   GET /regstream/api/health           watermark age, events waiting, stream lag, last batch
 
-Reads MySQL only through the read-only role (connection `mysql_reader`).
+Every route requires an authenticated Airflow user allowed to see plugin views, through
+Airflow's own auth manager and the same FastAPI security dependency its core API uses: the
+UI's session cookie or an `Authorization: Bearer` token from `/auth/token`. Airflow does not
+authenticate the apps that plugins mount; this dependency does. Anonymous requests get 401.
+
+Reads MySQL only through the reader role (connection `mysql_reader`), which cannot read
+customer rows.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse
 
 from regstream import settings
@@ -25,7 +31,16 @@ log = logging.getLogger(__name__)
 WINDOW_CHOICES = (1, 5, 15, 60, 1440)
 PAGE = Path(__file__).resolve().parent / "static" / "liveview.html"
 
-app = FastAPI(title="Registrations live view")
+
+
+def _requires_plugin_view_access() -> Any:
+    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
+    from airflow.api_fastapi.core_api.security import requires_access_view
+
+    return Depends(requires_access_view(AccessView.PLUGINS))
+
+
+app = FastAPI(title="Registrations live view", dependencies=[_requires_plugin_view_access()])
 
 
 def _conn() -> Any:
