@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 
-from benchmarks.common import ROOT, report, root_conn, stack
+from benchmarks.common import report, root_conn, stack
 from stackctl import __main__ as ctl
 from stackctl import config, services
+from stackctl.airflow_api import Airflow
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--runs", type=int, default=12)
     args = p.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from tests.e2e.test_platform import Airflow
-
     s = stack()
     services.start_airflow(s)
     ctl.unpause_dags(s)

@@ -19,6 +19,7 @@ from stackctl import config, services  # noqa: E402
 
 def stack() -> config.Settings:
     s = config.load(os.environ.get("REG_PROFILE", "test"))
+    services.start_supervisor(s)
     services.start_mariadb(s)
     services.start_kafka(s)
     services.apply_schema(s)

@@ -22,7 +22,13 @@ from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import dag
-from regstream.settings import SPARK_CONN_ID, spark_submit_conf, state_dir
+from regstream.settings import (
+    MYSQL_STREAM_CONN_ID,
+    SPARK_CONN_ID,
+    keep_only_connections,
+    spark_submit_conf,
+    state_dir,
+)
 
 JOB = Path(__file__).resolve().parent.parent / "spark_jobs" / "registration_counts.py"
 CHECKPOINTS = state_dir() / "spark" / "checkpoints"
@@ -63,6 +69,8 @@ def stream_registration_counts() -> None:
             os.environ.get("REGSTREAM_PROGRESS_RETENTION_DAYS", "7"),
         ],
         verbose=False,
+        # the Spark driver gets the stream role's credentials and nothing else
+        pre_execute=keep_only_connections(MYSQL_STREAM_CONN_ID, SPARK_CONN_ID),
     )
 
 

@@ -83,23 +83,55 @@ def _stat_fields(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
+def _ancestors() -> set[int]:
+    out, pid = set(), os.getpid()
+    while pid > 1:
+        out.add(pid)
+        try:
+            pid = int(_stat_fields(pid)[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return out
+
+
+def _in_run_dir(entry: Path, run: Path) -> bool:
+    try:
+        cwd = Path(os.readlink(entry / "cwd"))
+    except OSError:
+        return False
+    return cwd == run or run in cwd.parents
+
+
 def marked_pids(s: Settings, groups: set[int] = frozenset()) -> list[int]:
-    """Every live process of this profile: found by its environment mark, or by its process
-    group (`groups`: the supervisord programs' pids). Both, because Airflow's processes rewrite
-    their environ area with setproctitle."""
+    """Every live process of this profile: its environment mark, its working directory (every
+    program starts in the profile's run folder, and children inherit it), or its process
+    group (`groups`: the supervisord programs' pids). Several marks, because Airflow's
+    processes rewrite their environ area with setproctitle and a process can leave its
+    group; none of them can match another profile's processes."""
     needle = f"{MARK}={s.run}".encode()
     pids = []
+    spare = _ancestors()  # never the caller's own shell, whatever its working directory
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) in spare:
             continue
         try:
             env = (entry / "environ").read_bytes()
             pgid = int(_stat_fields(int(entry.name))[2])
         except (OSError, ValueError, IndexError):
             continue
-        if (needle + b"\0" in env + b"\0" or pgid in groups) and _pid_alive(int(entry.name)):
+        mine = needle + b"\0" in env + b"\0" or pgid in groups or _in_run_dir(entry, s.run)
+        if mine and _pid_alive(int(entry.name)):
             pids.append(int(entry.name))
     return pids
+
+
+def profile_pids(s: Settings) -> list[int]:
+    """The live processes of this profile (supervisord's tree and strays): what fault tests
+    may signal, and nothing of another profile."""
+    groups = {st.pid for st in supervisor.states(s).values() if st.pid}
+    daemon = supervisor.daemon_pid(s)
+    tree = set(descendants(daemon)) if daemon else set()
+    return sorted(tree | set(marked_pids(s, groups)))
 
 
 def descendants(root: int) -> list[int]:
@@ -157,7 +189,7 @@ def mysql_cli(
     return subprocess.run(argv, env=env, input=data, capture_output=True, check=check)
 
 
-def _mysql_ready(s: Settings) -> bool:
+def mysql_ready(s: Settings) -> bool:
     if not s.mysql_socket.exists():
         return False
     return mysql_cli(s, "SELECT 1", check=False).returncode == 0
@@ -216,7 +248,7 @@ def init_mariadb(s: Settings) -> bool:
 
 def start_mariadb(s: Settings) -> None:
     logfile = s.logs / "mariadb.log"
-    if supervisor.pid_of(s, "mariadb") and _mysql_ready(s):
+    if supervisor.pid_of(s, "mariadb") and mysql_ready(s):
         return
     _check_ports_free(s, "mariadb", s.mysql_port)
     fresh = init_mariadb(s)
@@ -235,7 +267,7 @@ def start_mariadb(s: Settings) -> None:
             check=True,
             capture_output=True,
         )
-    wait_until("MariaDB", lambda: _mysql_ready(s), 60, logfile)
+    wait_until("MariaDB", lambda: mysql_ready(s), 60, logfile)
 
 
 def sql_files() -> list[Path]:
@@ -524,7 +556,7 @@ def kafka_ready(s: Settings, since: int = 0) -> bool:
 
 def _kafka_program(s: Settings) -> Program:
     props = s.run / "kafka" / "server.properties"
-    return Program("kafka", _kafka_java(s, "kafka.Kafka", str(props), heap=True), s.run)
+    return Program("kafka", _kafka_java(s, "kafka.Kafka", str(props), heap=True), s.run / "kafka")
 
 
 def init_kafka(s: Settings) -> None:

@@ -32,7 +32,6 @@ WINDOW_CHOICES = (1, 5, 15, 60, 1440)
 PAGE = Path(__file__).resolve().parent / "static" / "liveview.html"
 
 
-
 def _requires_plugin_view_access() -> Any:
     from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
     from airflow.api_fastapi.core_api.security import requires_access_view

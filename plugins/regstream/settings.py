@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # Airflow connection ids, one per MySQL role, plus Kafka and Spark.
 MYSQL_INGEST_CONN_ID = "mysql_ingest"
@@ -60,3 +62,28 @@ def spark_submit_conf() -> dict[str, str]:
         "spark.executor.extraJavaOptions": SPARK_JAVA_OPTIONS,
         "spark.ui.enabled": "false",
     }
+
+
+# Secrets of Airflow itself that a task's children never need.
+AIRFLOW_SECRET_VARS = (
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__API_AUTH__JWT_SECRET",
+    "AIRFLOW__CORE__FERNET_KEY",
+)
+
+
+def keep_only_connections(*conn_ids: str) -> Callable[[Any], None]:
+    """A `pre_execute` hook: drop from the task's environment every `AIRFLOW_CONN_*` but
+    `conn_ids`, and Airflow's own secrets, so that what the task starts (spark-submit and the
+    Spark driver) receives only the credentials it uses. LocalExecutor forks tasks from the
+    scheduler, which holds the connections of every task; this narrows it per task."""
+    keep = {f"AIRFLOW_CONN_{c.upper()}" for c in conn_ids}
+
+    def scrub(context: Any) -> None:
+        for name in list(os.environ):
+            if (name.startswith("AIRFLOW_CONN_") and name not in keep) or (
+                name in AIRFLOW_SECRET_VARS
+            ):
+                del os.environ[name]
+
+    return scrub

@@ -256,7 +256,7 @@ def test_broker_down_fails_and_keeps_the_watermark(stack, fresh_db, topic) -> No
     for i in range(10):
         insert_customer(cur, 1 + i % 2, datetime(2026, 11, 8, 1, i))
     before = watermark(stack, fresh_db, topic)
-    services.stop_service(stack, "kafka")
+    services.stop_program(stack, "kafka")
     try:
         t0 = time.monotonic()
         with pytest.raises(publish.PublishError, match=stack.kafka_bootstrap.replace(".", r"\.")):

@@ -1,0 +1,69 @@
+"""The test profile's whole platform (Airflow on PostgreSQL under supervisord, beside MariaDB
+and Kafka), started once per session, and helpers that only ever touch this profile's
+processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stackctl import __main__ as ctl
+from stackctl import config, services, supervisor
+from stackctl.airflow_api import Airflow
+
+
+@pytest.fixture(scope="session")
+def platform(stack: config.Settings) -> Iterator[Airflow]:
+    t0 = time.monotonic()
+    services.start_airflow(stack)
+    ctl.unpause_dags(stack)
+    af = Airflow(stack)
+    af.login()
+    print(f"airflow up and DAGs unpaused in {time.monotonic() - t0:.0f}s")
+    yield af
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def profile_pids_matching(s: config.Settings, pattern: str) -> list[int]:
+    """This profile's processes whose command line holds `pattern` (never another profile's:
+    `make test` runs beside a user's `make up`)."""
+    return [p for p in services.profile_pids(s) if pattern in cmdline(p) and p != os.getpid()]
+
+
+def task_runner_pids(s: config.Settings, task_id: str) -> list[int]:
+    """The task runner of a running task of this profile: the child of the process holding
+    the task's log file open (its supervisor). Airflow 3 titles them by the TI's uuid."""
+    mine = set(services.profile_pids(s))
+    owners, parent = [], {}
+    for pid in mine:
+        entry = Path(f"/proc/{pid}")
+        try:
+            parent[pid] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            for fd in (entry / "fd").iterdir():
+                if f"task_id={task_id}/" in os.readlink(fd):
+                    owners.append(pid)
+                    break
+        except OSError:
+            continue
+    return [p for p, pp in parent.items() if pp in owners]
+
+
+def wait_restarted(s: config.Settings, program: str, old_pid: int, timeout: float = 60) -> float:
+    """Seconds until supervisord runs `program` again under a new pid."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        pid = supervisor.pid_of(s, program)
+        if pid and pid != old_pid:
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    raise AssertionError(f"{program} (pid {old_pid} killed) not restarted in {timeout:.0f}s")
