@@ -664,6 +664,11 @@ def airflow_env(s: Settings, component: str | None = None) -> dict[str, str]:
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+            # LocalExecutor runs tasks as the scheduler's children, so a scheduler that dies
+            # takes its running tasks along; its successor resets them for a retry after this
+            # check (default 300 s), once the dead scheduler missed its health threshold.
+            "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "20",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "20",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "AIRFLOW__API_AUTH__JWT_SECRET": pw["AIRFLOW_JWT_SECRET"],
             "AIRFLOW__CORE__FERNET_KEY": pw["AIRFLOW_FERNET_KEY"],

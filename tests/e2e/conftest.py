@@ -59,11 +59,11 @@ def task_runner_pids(s: config.Settings, task_id: str) -> list[int]:
 
 
 def wait_restarted(s: config.Settings, program: str, old_pid: int, timeout: float = 60) -> float:
-    """Seconds until supervisord runs `program` again under a new pid."""
+    """Seconds until supervisord has started `program` again under a new pid."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        pid = supervisor.pid_of(s, program)
-        if pid and pid != old_pid:
+        st = supervisor.states(s).get(program)
+        if st and st.pid and st.pid != old_pid and st.state in ("STARTING", "RUNNING"):
             return time.monotonic() - t0
         time.sleep(0.1)
     raise AssertionError(f"{program} (pid {old_pid} killed) not restarted in {timeout:.0f}s")

@@ -296,11 +296,9 @@ def test_live_view_shows_the_right_numbers(stack, platform) -> None:
             # from Airflow's navigation, as a user finds it
             page.get_by_role("link", name="Registrations").click()
             page.wait_for_url("**/plugin/registrations")
-            frame = wait_for(
-                "the live view inside Airflow's page",
-                lambda: next((f for f in page.frames if f.url.endswith("/regstream/")), None),
-                60,
-            )
+            frame = page.wait_for_selector(
+                "iframe[src*='/regstream/']", timeout=60_000
+            ).content_frame()
             frame.wait_for_selector("tr[data-window]", timeout=30_000)
             rows = frame.eval_on_selector_all(
                 "tr[data-window]",

@@ -159,7 +159,7 @@ def test_reader_role_cannot_read_customers(stack, platform) -> None:
 
 def test_role_accounts_accept_loopback_only(stack, platform) -> None:
     cur = services.mysql_cli(
-        stack, "SELECT DISTINCT Host FROM mysql.user WHERE User LIKE 'reg\\_%'"
+        stack, "SELECT DISTINCT Host FROM mysql.user WHERE User LIKE 'reg\\_%' AND is_role = 'N'"
     ).stdout.decode()
     assert cur.split() == ["127.0.0.1"]
 

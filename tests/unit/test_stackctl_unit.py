@@ -1,0 +1,91 @@
+"""stackctl without services: secrets, per-component credentials, the supervisord config."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+
+import pytest
+
+from stackctl import config, services, supervisor
+
+
+@pytest.fixture
+def private(tmp_path, monkeypatch) -> config.Settings:
+    s = config.load("test")
+    # a private state folder, the real venv (its path only goes into commands)
+    s = dataclasses.replace(s, state=tmp_path)
+    monkeypatch.setattr(config.Settings, "venv", property(lambda self: tmp_path / "venv"))
+    return s
+
+
+def test_secrets_are_independent_random_and_private_from_creation(private) -> None:
+    old = os.umask(0)  # a permissive umask must not matter
+    try:
+        values = config.secrets_for(private)
+    finally:
+        os.umask(old)
+    assert set(values) == set(config.SECRET_MAKERS)
+    assert len(set(values.values())) == len(values)  # no secret derived from another
+    assert stat.S_IMODE(private.secrets_file.stat().st_mode) == 0o600
+    assert config.secrets_for(private) == values  # stable once made
+    from cryptography.fernet import Fernet
+
+    Fernet(values["AIRFLOW_FERNET_KEY"])  # a valid Fernet key, not empty
+
+
+def test_deleting_a_secret_line_rotates_only_that_secret(private) -> None:
+    values = config.secrets_for(private)
+    text = private.secrets_file.read_text()
+    kept = [ln for ln in text.splitlines() if not ln.startswith("AIRFLOW_JWT_SECRET=")]
+    private.secrets_file.write_text("\n".join(kept) + "\n")
+    again = config.secrets_for(private)
+    assert again["AIRFLOW_JWT_SECRET"] != values["AIRFLOW_JWT_SECRET"]
+    assert {k: v for k, v in again.items() if k != "AIRFLOW_JWT_SECRET"} == {
+        k: v for k, v in values.items() if k != "AIRFLOW_JWT_SECRET"
+    }
+
+
+def test_each_component_gets_only_its_connections(private) -> None:
+    pw = config.secrets_for(private)
+    api = services.airflow_env(private, "api-server")
+    assert [k for k in api if k.startswith("AIRFLOW_CONN_")] == ["AIRFLOW_CONN_MYSQL_READER"]
+    assert pw["REG_INGEST_PASSWORD"] not in "".join(api.values())
+    processor = services.airflow_env(private, "dag-processor")
+    assert not [k for k in processor if k.startswith("AIRFLOW_CONN_")]
+    sched = services.airflow_env(private, "scheduler")
+    assert pw["REG_READER_PASSWORD"] not in "".join(sched.values())
+    assert pw["REG_STREAM_PASSWORD"] in sched["AIRFLOW_CONN_MYSQL_STREAM"]
+
+
+def test_supervisor_config_holds_no_secret_and_restarts_everything(private) -> None:
+    text = supervisor.render(private, services.programs(private))
+    for name, value in config.secrets_for(private).items():
+        assert value not in text, name
+    sections = [ln for ln in text.splitlines() if ln.startswith("[program:")]
+    assert len(sections) == 7
+    assert text.count("autorestart=true") == 7 and text.count("killasgroup=true") == 7
+    assert "chmod=0700" in text  # only the owner may drive supervisord
+    assert "user=postgres" in text or os.geteuid() != 0
+
+
+def test_supervisor_quotes_arguments_and_escapes_percent() -> None:
+    assert supervisor._quote("a b") == '"a b"'
+    assert supervisor._quote("-Xmx512m") == "-Xmx512m"
+    s = config.load("test")
+    p = supervisor.Program("x", ["echo", "50%"], s.run)
+    assert "command=echo 50%%" in supervisor.render(s, [p])
+
+
+def test_the_spark_task_keeps_only_its_connections(monkeypatch) -> None:
+    from regstream.settings import keep_only_connections
+
+    for name in ("MYSQL_STREAM", "MYSQL_INGEST", "SPARK_DEFAULT", "MYSQL_READER"):
+        monkeypatch.setenv(f"AIRFLOW_CONN_{name}", "x")
+    monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", "k")
+    monkeypatch.setenv("UNRELATED", "y")
+    keep_only_connections("mysql_stream", "spark_default")({})
+    conns = sorted(k for k in os.environ if k.startswith("AIRFLOW_CONN_"))
+    assert conns == ["AIRFLOW_CONN_MYSQL_STREAM", "AIRFLOW_CONN_SPARK_DEFAULT"]
+    assert "AIRFLOW__CORE__FERNET_KEY" not in os.environ and os.environ["UNRELATED"] == "y"
