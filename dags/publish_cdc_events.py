@@ -5,10 +5,15 @@ Publishes the rows of `users_change_events` that are newer than the watermark
 (`latest_cdc_timestamp`) to the Kafka topic, then advances the watermark, only after Kafka
 acknowledged every message (acks=all, idempotent producer).
 
-Runs when the ingest DAG lands rows (asset `customer_registrations_cdc`) and every minute,
-because other applications register customers too. `check_for_new_events` skips the run
-(no producer created) when nothing is new. Task logs show the watermark before and after,
-events published, partition and offset ranges, the backlog left and the time taken.
+**Event-driven**: the asset `users_change_events_unpublished` has a watcher whose trigger runs
+in the triggerer and probes MySQL twice a second (two primary-key lookups), so a row inserted
+by any writer, not only the ingest DAG, starts this DAG within about a second. At most one run
+is active; rows that arrive during a run are taken by the next. A run every minute is the
+safety net (and settles id gaps of transactions that committed late).
+
+`publish_new_events` first checks for work and is skipped (no producer created) when nothing is
+new. Task logs show the watermark before and after, events published, partition and offset
+ranges, the backlog left and the time taken.
 """
 
 from __future__ import annotations
@@ -18,14 +23,14 @@ from datetime import datetime, timedelta, timezone
 from airflow.sdk import dag, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
-from regstream.assets import REGISTRATIONS
+from regstream.assets import new_cdc_events
 from regstream.settings import KAFKA_CONN_ID, MYSQL_PUBLISHER_CONN_ID
 
 
 @dag(
     dag_id="publish_cdc_events",
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("* * * * *", timezone="UTC"), assets=[REGISTRATIONS]
+        timetable=CronTriggerTimetable("* * * * *", timezone="UTC"), assets=[new_cdc_events()]
     ),
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,
@@ -35,12 +40,13 @@ from regstream.settings import KAFKA_CONN_ID, MYSQL_PUBLISHER_CONN_ID
     tags=["regstream", "cdc"],
 )
 def publish_cdc_events() -> None:
-    @task.short_circuit
-    def check_for_new_events() -> bool:
+    @task
+    def publish_new_events() -> dict:
         import logging
 
+        from airflow.exceptions import AirflowSkipException
         from regstream.db import connect
-        from regstream.publish import has_work
+        from regstream.publish import has_work, run_publish
         from regstream.settings import topic
 
         conn = connect(MYSQL_PUBLISHER_CONN_ID)
@@ -49,12 +55,8 @@ def publish_cdc_events() -> None:
         finally:
             conn.close()
         logging.getLogger(__name__).info("%s: %s", "publishing" if work else "skipping", why)
-        return work
-
-    @task
-    def publish_new_events() -> dict:
-        from regstream.publish import run_publish
-
+        if not work:
+            raise AirflowSkipException(why)
         r = run_publish(MYSQL_PUBLISHER_CONN_ID, KAFKA_CONN_ID)
         return {
             "published": r.published,
@@ -63,7 +65,7 @@ def publish_cdc_events() -> None:
             "backlog": r.backlog,
         }
 
-    check_for_new_events() >> publish_new_events()
+    publish_new_events()
 
 
 publish_cdc_events()

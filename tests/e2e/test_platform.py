@@ -90,8 +90,8 @@ def test_task_logs_say_what_happened(stack, platform) -> None:
             found = True
             break
     assert found, "no publish log mentioning published events"
-    gate = platform.log("publish_cdc_events", pubs[0]["dag_run_id"], "check_for_new_events")
-    assert "publishing" in gate or "skipping" in gate
+    gate = platform.log("publish_cdc_events", pubs[0]["dag_run_id"], "publish_new_events")
+    assert "publishing:" in gate or "skipping:" in gate
 
 
 def test_backfill_fills_past_intervals_once(stack, platform) -> None:

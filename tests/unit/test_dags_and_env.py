@@ -41,12 +41,19 @@ def test_ingest_dag_has_data_intervals_and_a_validated_param(dagbag) -> None:
     assert [t.task_id for t in dag.tasks] == ["insert_fake_customers"]
 
 
-def test_publish_dag_is_gated_and_serial(dagbag) -> None:
+def test_publish_dag_is_event_driven_and_serial(dagbag) -> None:
     dag = dagbag.dags["publish_cdc_events"]
     assert dag.max_active_runs == 1
-    gate = dag.get_task("check_for_new_events")
-    assert [t.task_id for t in gate.downstream_list] == ["publish_new_events"]
-    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
+    assert [t.task_id for t in dag.tasks] == ["publish_new_events"]
+    timetable = dag.timetable
+    assert type(timetable).__name__ == "AssetOrTimeSchedule"
+    # the asset's watcher: a trigger of ours that the triggerer runs, keyed to the publisher
+    (asset,) = [a for _, a in dag.timetable.asset_condition.iter_assets()]
+    (watcher,) = asset.watchers
+    trigger = watcher.trigger  # as the DAG processor serialised it for the triggerer
+    classpath, kwargs = trigger["classpath"], trigger["kwargs"]
+    assert classpath == "regstream.triggers.NewCdcEventsTrigger"
+    assert kwargs["conn_id"] == "mysql_publisher" and kwargs["poll_interval"] <= 1
 
 
 def test_stream_dag_keeps_one_job_alive(dagbag) -> None:
