@@ -17,7 +17,12 @@ from stackctl import config, install, services, supervisor
 
 log = logging.getLogger("stackctl")
 
-DAG_IDS = ("ingest_fake_customers", "publish_cdc_events", "stream_registration_counts")
+DAG_IDS = (
+    "ingest_fake_customers",
+    "publish_cdc_events",
+    "stream_registration_counts",
+    "monitor_pipeline_lag",
+)
 
 
 def up(s: config.Settings, *, airflow: bool = True, unpause: bool = True) -> None:

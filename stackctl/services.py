@@ -608,7 +608,8 @@ def start_kafka(s: Settings) -> None:
 
 # Which Airflow connections each component's processes receive (issue: least privilege).
 # The scheduler runs the tasks (LocalExecutor forks them), so it holds the roles the tasks
-# use; the API server serves the live view, which reads through the reader role only.
+# use (the lag monitor reads through the reader role); the API server serves the live view,
+# which reads through the reader role only; the triggerer's CDC probe uses the publisher's.
 COMPONENT_CONNECTIONS: dict[str, tuple[str, ...]] = {
     "api-server": ("MYSQL_READER",),
     "scheduler": (

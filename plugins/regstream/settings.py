@@ -42,6 +42,16 @@ def state_dir() -> Path:
     return Path(os.environ.get("REGSTREAM_STATE_DIR", Path.cwd() / ".state" / "local"))
 
 
+def max_publish_delay_s() -> int:
+    """Alert when the oldest unpublished event is older than this."""
+    return env_int("REGSTREAM_MAX_PUBLISH_DELAY_S", 60)
+
+
+def max_stream_delay_s() -> int:
+    """Alert when events published this long ago are not yet in a micro-batch."""
+    return env_int("REGSTREAM_MAX_STREAM_DELAY_S", 60)
+
+
 def gap_max_wait_s() -> int:
     """0 = wait for open transactions forever (never skip an id that may still commit)."""
     return env_int("REGSTREAM_GAP_MAX_WAIT_S", 0)

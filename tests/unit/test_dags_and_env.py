@@ -21,6 +21,7 @@ def test_dags_import_without_errors(dagbag) -> None:
         "ingest_fake_customers",
         "publish_cdc_events",
         "stream_registration_counts",
+        "monitor_pipeline_lag",
     }
 
 

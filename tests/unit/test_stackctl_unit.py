@@ -55,7 +55,9 @@ def test_each_component_gets_only_its_connections(private) -> None:
     processor = services.airflow_env(private, "dag-processor")
     assert not [k for k in processor if k.startswith("AIRFLOW_CONN_")]
     sched = services.airflow_env(private, "scheduler")
-    assert pw["REG_READER_PASSWORD"] not in "".join(sched.values())
+    assert pw["MYSQL_ROOT_PASSWORD"] not in "".join(sched.values())
+    trig = services.airflow_env(private, "triggerer")
+    assert [k for k in trig if k.startswith("AIRFLOW_CONN_")] == ["AIRFLOW_CONN_MYSQL_PUBLISHER"]
     assert pw["REG_STREAM_PASSWORD"] in sched["AIRFLOW_CONN_MYSQL_STREAM"]
 
 
