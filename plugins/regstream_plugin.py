@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 from regstream.liveview import app
+from regstream.monitoring import app as metrics_app
 
 
 class RegstreamPlugin(AirflowPlugin):
     name = "regstream"
-    fastapi_apps = [{"app": app, "url_prefix": "/regstream", "name": "Registrations live view"}]
+    # the more specific prefix first: the API server matches mounts in this order
+    fastapi_apps = [
+        {"app": metrics_app, "url_prefix": "/regstream/metrics", "name": "Pipeline metrics"},
+        {"app": app, "url_prefix": "/regstream", "name": "Registrations live view"},
+    ]
     external_views = [
         {
             "name": "Registrations",

@@ -132,3 +132,34 @@ def prometheus_text(lag: Lag, max_publish_delay_s: float, max_stream_delay_s: fl
         f"regstream_lagging {int(bool(lag.late(max_publish_delay_s, max_stream_delay_s)))}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _metrics_app() -> Any:
+    """`GET /regstream/metrics`: Prometheus text format, for an authenticated Airflow user
+    (scrape with `authorization: {credentials_file: ...}` holding a token from /auth/token)."""
+    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
+    from airflow.api_fastapi.core_api.security import requires_access_view
+    from fastapi import Depends, FastAPI
+    from fastapi.responses import PlainTextResponse
+
+    from regstream import settings
+    from regstream.db import connect
+
+    metrics = FastAPI(
+        title="Registrations pipeline metrics",
+        dependencies=[Depends(requires_access_view(AccessView.PLUGINS))],
+    )
+
+    @metrics.get("/", response_class=PlainTextResponse)
+    def scrape() -> str:
+        conn = connect(settings.MYSQL_READER_CONN_ID)
+        try:
+            lag = read_lag(conn, settings.topic())
+        finally:
+            conn.close()
+        return prometheus_text(lag, settings.max_publish_delay_s(), settings.max_stream_delay_s())
+
+    return metrics
+
+
+app = _metrics_app()

@@ -1,0 +1,87 @@
+"""Live for every writer: rows inserted straight into MySQL (no Airflow run triggered by hand)
+are published by the event-driven DAG and counted; the lag alert fires and clears."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from stackctl import config, services
+from tests.conftest import root_conn, wait_for
+from tests.e2e.conftest import wait_restarted
+from tests.integration.streamjob import ground_truth, stream_counts
+
+pytestmark = pytest.mark.e2e
+
+DB = config.DATABASE
+# generous for a 2-core machine running the whole suite; `make bench` measures the real figure
+DIRECT_INSERT_BOUND_S = 20
+
+
+def insert_directly(stack, n: int = 1) -> None:
+    cur = root_conn(stack, DB).cursor()
+    for _ in range(n):
+        cur.execute(
+            "INSERT INTO customer (store_id, first_name, last_name, email, address_id, active, "
+            "create_date) VALUES (2, 'Direct', 'Writer', 'direct@example.org', 1, 1, "
+            "UTC_TIMESTAMP())"
+        )
+
+
+def counted(stack) -> int:
+    return sum(stream_counts(stack, DB).values())
+
+
+def wait_exact(stack, timeout: float) -> float:
+    t0 = time.monotonic()
+    wait_for(
+        "counts == SQL ground truth",
+        lambda: stream_counts(stack, DB) == ground_truth(stack, DB),
+        timeout,
+        0.2,
+    )
+    return time.monotonic() - t0
+
+
+def test_a_direct_insert_is_counted_within_the_bound(stack, platform) -> None:
+    wait_exact(stack, 240)  # the stream runs and has caught up
+    before = counted(stack)
+    t0 = time.monotonic()
+    insert_directly(stack)
+    wait_for("the direct insert counted", lambda: counted(stack) == before + 1, 120, 0.1)
+    took = time.monotonic() - t0
+    print(f"direct insert counted in {took:.1f}s")
+    assert took <= DIRECT_INSERT_BOUND_S
+    runs = platform.runs("publish_cdc_events")
+    assert any(r["run_type"] == "asset_triggered" for r in runs)
+
+
+def test_a_triggerer_killed_mid_stream_loses_nothing(stack, platform) -> None:
+    wait_exact(stack, 240)
+    insert_directly(stack, 3)
+    pid = services.kill_program(stack, "airflow-triggerer", signal.SIGKILL)
+    insert_directly(stack, 3)
+    wait_restarted(stack, "airflow-triggerer", pid)
+    insert_directly(stack, 3)
+    took = wait_exact(stack, 240)
+    print(f"exact again {took:.1f}s after the triggerer restart")
+
+
+def test_the_lag_alert_fires_when_publishing_stops_and_clears(stack, platform) -> None:
+    wait_exact(stack, 240)
+    conf = {"max_publish_delay_s": 5, "max_stream_delay_s": 60}
+    platform.call("PATCH", "/dags/publish_cdc_events", {"is_paused": True})
+    try:
+        insert_directly(stack)
+        time.sleep(6)  # the condition under test is "older than 5 s": let it age
+        run = platform.trigger("monitor_pipeline_lag", None, conf)
+        assert platform.wait_run("monitor_pipeline_lag", run) == "failed"
+        text = platform.log("monitor_pipeline_lag", run, "check_pipeline_lag")
+        assert "publisher behind" in text and "1 events waiting" in text
+    finally:
+        platform.call("PATCH", "/dags/publish_cdc_events", {"is_paused": False})
+    wait_exact(stack, 240)
+    run = platform.trigger("monitor_pipeline_lag", None, conf)
+    assert platform.wait_run("monitor_pipeline_lag", run) == "success"
