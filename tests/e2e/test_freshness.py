@@ -7,9 +7,10 @@ import signal
 import time
 
 import pytest
+from regstream.monitoring import read_lag
 
 from stackctl import config, services
-from tests.conftest import root_conn, wait_for
+from tests.conftest import role_conn, root_conn, wait_for
 from tests.e2e.conftest import wait_restarted
 from tests.integration.streamjob import ground_truth, stream_counts
 
@@ -75,7 +76,13 @@ def test_the_lag_alert_fires_when_publishing_stops_and_clears(stack, platform) -
     platform.call("PATCH", "/dags/publish_cdc_events", {"is_paused": True})
     try:
         insert_directly(stack)
-        time.sleep(6)  # the condition under test is "older than 5 s": let it age
+        reader = role_conn(stack, "reader", DB)
+        wait_for(
+            "the unpublished event to be older than the bound",
+            lambda: read_lag(reader, config.TOPIC).publish_delay_s > 5,
+            60,
+            0.5,
+        )
         run = platform.trigger("monitor_pipeline_lag", None, conf)
         assert platform.wait_run("monitor_pipeline_lag", run) == "failed"
         text = platform.log("monitor_pipeline_lag", run, "check_pipeline_lag")
