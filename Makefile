@@ -3,20 +3,23 @@
 PY ?= python3
 VENV := .state/venv/bin
 SERVICE ?= airflow-scheduler
+PROFILE ?= local
+# stackctl runs on the venv's python once it exists (status reads Kafka through its client)
+CTL = $(shell test -x $(VENV)/python && echo $(VENV)/python || echo $(PY)) -m stackctl --profile $(PROFILE)
 
 .PHONY: up down status logs test bench lint reset stream-stop
 
 up:
-	$(PY) -m stackctl up
+	$(PY) -m stackctl --profile $(PROFILE) up
 
 down:
-	$(PY) -m stackctl down
+	$(CTL) down
 
 status:
-	$(PY) -m stackctl status
+	$(CTL) status
 
 logs:
-	$(PY) -m stackctl logs $(SERVICE) -n 200
+	$(CTL) logs $(SERVICE) -n 200
 
 test:
 	$(PY) -m stackctl --profile test install --with-test-packages
@@ -30,7 +33,7 @@ lint:
 	$(VENV)/ruff check . && $(VENV)/ruff format --check .
 
 stream-stop:
-	$(PY) -m stackctl stream-stop
+	$(CTL) stream-stop
 
 reset: down
-	rm -rf .state/local
+	rm -rf .state/$(PROFILE)

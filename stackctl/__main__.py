@@ -33,6 +33,8 @@ def up(s: config.Settings, *, airflow: bool = True, unpause: bool = True) -> Non
     t_install = time.monotonic() - t0
     services.start_supervisor(s)
     steps = [("mariadb", services.start_mariadb), ("kafka", services.start_kafka)]
+    if s.spark_workers:
+        steps.append(("spark", services.start_spark))
     if airflow:
         steps.append(("airflow", services.start_airflow))
     for name, start in steps:
@@ -87,12 +89,58 @@ def unpause_dags(s: config.Settings, timeout: float = 120) -> None:
 
 
 def program_ports(s: config.Settings) -> dict[str, str]:
-    return {
+    ports = {
         "mariadb": str(s.mysql_port),
         "postgres": str(s.pg_port),
-        "kafka": f"{s.kafka_port},{s.kafka_controller_port}",
+        "redis": str(s.redis_port),
         "airflow-api-server": str(s.airflow_port),
+        "spark-master": f"{s.spark_master_port},{s.spark_master_ui}",
     }
+    for name in services.kafka_node_names(s):
+        node = int(name.rsplit("-", 1)[1]) if "-" in name else 1
+        ports[name] = ",".join(map(str, s.kafka_node_ports(node)))
+    for n, name in enumerate(services.spark_worker_names(s), start=1):
+        ports[name] = str(s.spark_master_ui + n)
+    return ports
+
+
+def kafka_roles(s: config.Settings) -> dict[str, str]:
+    """Per Kafka node: active controller or not, and the topic partitions it leads."""
+    try:
+        from confluent_kafka.admin import AdminClient
+    except ImportError:  # the system python before the venv exists
+        return {}
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap, "socket.timeout.ms": 3000})
+    try:
+        controller = admin.describe_cluster(request_timeout=3).result().controller.id
+        topic = admin.list_topics(config.TOPIC, timeout=3).topics.get(config.TOPIC)
+    except Exception:  # noqa: BLE001 - status reports what it can
+        return {}
+    roles = {}
+    for name in services.kafka_node_names(s):
+        node = int(name.rsplit("-", 1)[1]) if "-" in name else 1
+        leads = sorted(
+            p for p, m in (topic.partitions if topic else {}).items() if m.leader == node
+        )
+        role = "broker+controller" + (" (active controller)" if node == controller else "")
+        roles[name] = role + (f", leads p{',p'.join(map(str, leads))}" if leads else "")
+    return roles
+
+
+def roles(s: config.Settings) -> dict[str, str]:
+    out = kafka_roles(s)
+    master = services.spark_master_status(s) if s.spark_workers else None
+    if master is not None:
+        alive = [w for w in master.get("workers", []) if w.get("state") == "ALIVE"]
+        out["spark-master"] = f"master ({len(alive)} workers alive)"
+        for n, name in enumerate(services.spark_worker_names(s), start=1):
+            port = str(s.spark_master_ui + n)
+            up = any(w.get("webuiaddress", "").endswith(f":{port}") for w in alive)
+            out[name] = "worker" + (" (registered)" if up else " (not registered)")
+    for c in services.airflow_components(s):
+        if c.startswith("celery-worker"):
+            out[f"airflow-{c}"] = f"celery worker ({s.executor})"
+    return out
 
 
 def pss_mib(pids: list[int]) -> float:
@@ -115,9 +163,10 @@ def status(s: config.Settings) -> int:
         print("supervisord is not running: `make up` starts the stack")
         return 1
     ports = program_ports(s)
+    role = roles(s)
     down = 0
     total = 0.0
-    print(f"{'program':22} {'state':9} {'pid':>8} {'port':>11} {'PSS MiB':>8} processes")
+    print(f"{'program':26} {'state':9} {'pid':>8} {'port':>11} {'PSS MiB':>8} procs  role")
     for name in (p.name for p in services.programs(s)):
         st = states.get(name)
         tree = services.descendants(st.pid) if st and st.pid else []
@@ -125,8 +174,8 @@ def status(s: config.Settings) -> int:
         total += mem
         down += not st or st.state != "RUNNING"
         print(
-            f"{name:22} {st.state if st else 'UNKNOWN':9} {st.pid if st and st.pid else '-':>8} "
-            f"{ports.get(name, '-'):>11} {mem:8.0f} {len(tree)}"
+            f"{name:26} {st.state if st else 'UNKNOWN':9} {st.pid if st and st.pid else '-':>8} "
+            f"{ports.get(name, '-'):>11} {mem:8.0f} {len(tree):5}  {role.get(name, '')}"
         )
     everything = services.descendants(supervisor.daemon_pid(s) or 0)
     print(
@@ -149,16 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop every process of the profile")
     sub.add_parser("status", help="each service up or down, with port and pid")
     p_logs = sub.add_parser("logs", help="tail a service's log")
-    p_logs.add_argument(
-        "service", choices=[p.name for p in services.programs(config.load())] + ["supervisord"]
-    )
+    p_logs.add_argument("service", help="a program of `make status`, or supervisord")
     p_logs.add_argument("-n", type=int, default=50)
     p_logs.add_argument("-f", action="store_true", help="follow")
     p_inst = sub.add_parser("install", help="only install (Debian packages, venv, jars)")
     p_inst.add_argument("--with-test-packages", action="store_true")
     sub.add_parser("env", help="print the environment (connections) as shell exports")
     p_exec = sub.add_parser("exec", help="(supervisord's command) run one Airflow component")
-    p_exec.add_argument("component", choices=services.AIRFLOW_COMPONENTS)
+    p_exec.add_argument("component", help="api-server, scheduler, ..., celery-worker-N")
     sub.add_parser("stream-stop", help="pause the stream DAG and stop the Spark job cleanly")
     args = p.parse_args(argv)
     s = config.load(args.profile)
@@ -171,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "status":
             return status(s)
         elif args.cmd == "logs":
+            names = [p.name for p in services.programs(s)] + ["supervisord"]
+            if args.service not in names:
+                log.error("no service %r in profile %s: one of %s", args.service, s.profile, names)
+                return 2
             logfile = s.logs / f"{args.service}.log"
             cmd = ["tail", f"-n{args.n}"] + (["-F"] if args.f else []) + [str(logfile)]
             os.execvp("tail", cmd)

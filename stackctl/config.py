@@ -1,8 +1,10 @@
 """Settings of the local stack: paths, ports and sizes, each overridable by environment.
 
-Two profiles share one install (venv, jars) under `.state/` and keep their runtime state apart:
-`local` (what `make up` runs) and `test` (what `make test` runs, on other ports), so the
-test suite can run beside a running stack.
+Three profiles share one install (venv, jars) under `.state/` and keep their runtime state
+apart: `local` (what `make up` runs), `test` (what `make test` runs, on other ports, so the
+suite runs beside a running stack) and `cluster` (`make up PROFILE=cluster`: 3 Kafka nodes,
+a Spark standalone master with 2 workers, Airflow with Celery workers; same code,
+configuration only).
 """
 
 from __future__ import annotations
@@ -16,10 +18,43 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Ports per profile: (mysql, kafka, kafka controller, airflow api-server, postgres)
-PROFILES = _PORTS = {
-    "local": (3307, 9092, 9093, 8080, 5433),
-    "test": (3317, 9192, 9193, 8180, 5443),
+
+@dataclass(frozen=True)
+class Profile:
+    """A profile's defaults. Node i of Kafka (1-based) listens on kafka + 10*(i-1) and its
+    controller on controller + 10*(i-1); Spark worker i's web UI on spark_master_ui + i."""
+
+    mysql: int
+    kafka: int
+    controller: int
+    airflow: int
+    pg: int
+    kafka_nodes: int = 1
+    executor: str = "LocalExecutor"
+    celery_workers: int = 0
+    spark_workers: int = 0
+    spark_master_port: int = 0
+    spark_master_ui: int = 0
+    redis: int = 0
+
+
+PROFILES = {
+    "local": Profile(3307, 9092, 9093, 8080, 5433),
+    "test": Profile(3317, 9192, 9193, 8180, 5443),
+    "cluster": Profile(
+        3347,
+        9492,
+        9493,
+        8480,
+        5473,
+        kafka_nodes=3,
+        executor="CeleryExecutor",
+        celery_workers=2,
+        spark_workers=2,
+        spark_master_port=7477,
+        spark_master_ui=8490,
+        redis=6479,
+    ),
 }
 
 DATABASE = "sakila"
@@ -60,6 +95,23 @@ class Settings:
     spark_driver_memory: str
     spark_master: str
     topic_partitions: int
+    kafka_nodes: int
+    executor: str
+    celery_workers: int
+    spark_workers: int
+    spark_master_port: int
+    spark_master_ui: int
+    redis_port: int
+    spark_worker_memory: str
+
+    @property
+    def cluster(self) -> bool:
+        return self.kafka_nodes > 1 or self.spark_workers > 0 or self.celery_workers > 0
+
+    def kafka_node_ports(self, node: int) -> tuple[int, int]:
+        """(broker, controller) ports of Kafka node `node` (1-based)."""
+        step = 10 * (node - 1)
+        return self.kafka_port + step, self.kafka_controller_port + step
 
     @property
     def run(self) -> Path:
@@ -107,7 +159,8 @@ class Settings:
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        nodes = range(1, self.kafka_nodes + 1)
+        return ",".join(f"127.0.0.1:{self.kafka_node_ports(n)[0]}" for n in nodes)
 
     @property
     def airflow_url(self) -> str:
@@ -116,25 +169,34 @@ class Settings:
 
 def load(profile: str | None = None) -> Settings:
     profile = profile or os.environ.get("REG_PROFILE", "local")
-    if profile not in _PORTS:
-        raise SystemExit(f"unknown profile {profile!r}: use one of {sorted(_PORTS)}")
-    mysql, kafka, controller, airflow, pg = _PORTS[profile]
+    if profile not in PROFILES:
+        raise SystemExit(f"unknown profile {profile!r}: use one of {sorted(PROFILES)}")
+    p = PROFILES[profile]
     state = Path(os.environ.get("REG_STATE_DIR", ROOT / ".state")).resolve()
+    master = f"spark://127.0.0.1:{p.spark_master_port}" if p.spark_workers else "local[2]"
     return Settings(
         profile=profile,
         state=state,
-        mysql_port=_env_int("REG_MYSQL_PORT", mysql),
-        kafka_port=_env_int("REG_KAFKA_PORT", kafka),
-        kafka_controller_port=_env_int("REG_KAFKA_CONTROLLER_PORT", controller),
-        airflow_port=_env_int("REG_AIRFLOW_PORT", airflow),
+        mysql_port=_env_int("REG_MYSQL_PORT", p.mysql),
+        kafka_port=_env_int("REG_KAFKA_PORT", p.kafka),
+        kafka_controller_port=_env_int("REG_KAFKA_CONTROLLER_PORT", p.controller),
+        airflow_port=_env_int("REG_AIRFLOW_PORT", p.airflow),
         airflow_parallelism=_env_int("REG_AIRFLOW_PARALLELISM", 4),
         airflow_api_workers=_env_int("REG_AIRFLOW_API_WORKERS", 2),
-        pg_port=_env_int("REG_PG_PORT", pg),
-        kafka_heap_mb=_env_int("REG_KAFKA_HEAP_MB", 512),
+        pg_port=_env_int("REG_PG_PORT", p.pg),
+        kafka_heap_mb=_env_int("REG_KAFKA_HEAP_MB", 512 if p.kafka_nodes == 1 else 384),
         spark_shuffle_partitions=_env_int("REG_SPARK_SHUFFLE_PARTITIONS", 2),
         spark_driver_memory=os.environ.get("REG_SPARK_DRIVER_MEMORY", "1g"),
-        spark_master=os.environ.get("REG_SPARK_MASTER", "local[2]"),
+        spark_master=os.environ.get("REG_SPARK_MASTER", master),
         topic_partitions=_env_int("REG_TOPIC_PARTITIONS", 2),
+        kafka_nodes=p.kafka_nodes,
+        executor=p.executor,
+        celery_workers=_env_int("REG_CELERY_WORKERS", p.celery_workers),
+        spark_workers=_env_int("REG_SPARK_WORKERS", p.spark_workers),
+        spark_master_port=_env_int("REG_SPARK_MASTER_PORT", p.spark_master_port),
+        spark_master_ui=_env_int("REG_SPARK_MASTER_UI_PORT", p.spark_master_ui),
+        redis_port=_env_int("REG_REDIS_PORT", p.redis),
+        spark_worker_memory=os.environ.get("REG_SPARK_WORKER_MEMORY", "1g"),
     )
 
 
@@ -149,6 +211,7 @@ SECRET_MAKERS: dict[str, Callable[[], str]] = {
     "AIRFLOW_DB_PASSWORD": lambda: secrets.token_urlsafe(18),
     "AIRFLOW_JWT_SECRET": lambda: secrets.token_urlsafe(32),
     "AIRFLOW_FERNET_KEY": _fernet_key,
+    "REDIS_PASSWORD": lambda: secrets.token_urlsafe(18),
     **{f"REG_{role.upper()}_PASSWORD": (lambda: secrets.token_urlsafe(18)) for role in ROLES},
 }
 
@@ -224,6 +287,7 @@ def connection_env(s: Settings) -> dict[str, str]:
         {
             "REGSTREAM_TOPIC": TOPIC,
             "REGSTREAM_TOPIC_PARTITIONS": str(s.topic_partitions),
+            "REGSTREAM_TOPIC_REPLICATION": str(min(3, s.kafka_nodes)),
             "REGSTREAM_STATE_DIR": str(s.run),
             "REGSTREAM_SPARK_JARS": ",".join(str(p) for p in spark_kafka_jars(s)),
             "REGSTREAM_SPARK_SHUFFLE_PARTITIONS": str(s.spark_shuffle_partitions),
@@ -231,6 +295,9 @@ def connection_env(s: Settings) -> dict[str, str]:
             "REGSTREAM_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
         }
     )
+    if s.spark_workers:
+        env["REGSTREAM_SPARK_EXECUTOR_MEMORY"] = "512m"
+        env["REGSTREAM_SPARK_CORES_MAX"] = str(s.spark_workers)
     return env
 
 

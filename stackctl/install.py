@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 DEBIAN_PACKAGES = [
     "mariadb-server",
     "postgresql",
+    "redis-server",
     "mariadb-client",
     "default-libmysqlclient-dev",
     "pkg-config",

@@ -39,6 +39,14 @@ log = logging.getLogger(__name__)
 
 MARK = "REGSTREAM_RUN_DIR"
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+TASK_CONNECTIONS = (
+    "MYSQL_INGEST",
+    "MYSQL_PUBLISHER",
+    "MYSQL_STREAM",
+    "MYSQL_READER",
+    "KAFKA_DEFAULT",
+    "SPARK_DEFAULT",
+)
 
 
 class ServiceError(RuntimeError):
@@ -436,26 +444,48 @@ def start_postgres(s: Settings) -> None:
 # ---------------------------------------------------------------- Kafka
 
 
-def _kafka_properties(s: Settings) -> str:
+def kafka_node_names(s: Settings) -> list[str]:
+    """Program names of the Kafka nodes: `kafka` alone, or `kafka-1` ... `kafka-N`."""
+    if s.kafka_nodes == 1:
+        return ["kafka"]
+    return [f"kafka-{n}" for n in range(1, s.kafka_nodes + 1)]
+
+
+def _node(name: str) -> int:
+    return int(name.rsplit("-", 1)[1]) if "-" in name else 1
+
+
+def _kafka_properties(s: Settings, name: str) -> str:
+    """server.properties of one node: broker and controller in one process (KRaft combined
+    mode); with N nodes, N voters and replication factor min(N, 3), min ISR N-1."""
+    node = _node(name)
+    port, cport = s.kafka_node_ports(node)
+    n = s.kafka_nodes
+    rf, isr = min(n, 3), max(1, min(n, 3) - 1)
+    if n == 1:
+        quorum = f"controller.quorum.bootstrap.servers=127.0.0.1:{cport}"
+    else:
+        voters = ",".join(f"{i}@127.0.0.1:{s.kafka_node_ports(i)[1]}" for i in range(1, n + 1))
+        quorum = f"controller.quorum.voters={voters}"
     return "\n".join(
         [
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers=127.0.0.1:{s.kafka_controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},"
-            f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},"
-            f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
+            f"node.id={node}",
+            quorum,
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            f"log.dirs={s.run / 'kafka' / 'data'}",
+            f"log.dirs={s.run / name / 'data'}",
             "num.partitions=2",
-            "offsets.topic.replication.factor=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
+            f"default.replication.factor={rf}",
+            f"min.insync.replicas={isr}",
+            f"offsets.topic.replication.factor={rf}",
+            f"transaction.state.log.replication.factor={rf}",
+            f"transaction.state.log.min.isr={isr}",
+            f"share.coordinator.state.topic.replication.factor={rf}",
+            f"share.coordinator.state.topic.min.isr={isr}",
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=false",
             "log.retention.hours=336",
@@ -464,7 +494,7 @@ def _kafka_properties(s: Settings) -> str:
     )
 
 
-def _kafka_java(s: Settings, cls: str, *args: str, heap: bool = False) -> list[str]:
+def _kafka_java(s: Settings, name: str, cls: str, *args: str, heap: bool = False) -> list[str]:
     argv = ["java"]
     if heap:
         argv += [
@@ -473,7 +503,7 @@ def _kafka_java(s: Settings, cls: str, *args: str, heap: bool = False) -> list[s
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
         ]
-    log4j = s.run / "kafka" / "log4j2.yaml"
+    log4j = s.run / name / "log4j2.yaml"
     argv += [
         f"-Dlog4j2.configurationFile={log4j}",
         "-cp",
@@ -503,48 +533,9 @@ LOG4J2 = """Configuration:
 """
 
 
-def _kafka_java(s: Settings, cls: str, *args: str, heap: bool = False) -> list[str]:
-    argv = ["java"]
-    if heap:
-        argv += [
-            f"-Xms{min(256, s.kafka_heap_mb)}m",
-            f"-Xmx{s.kafka_heap_mb}m",
-            "-XX:+UseG1GC",
-            "-Djava.awt.headless=true",
-        ]
-    log4j = s.run / "kafka" / "log4j2.yaml"
-    argv += [
-        f"-Dlog4j2.configurationFile={log4j}",
-        "-cp",
-        f"{s.jars / 'kafka-broker'}/*",
-        cls,
-        *args,
-    ]
-    return argv
-
-
-LOG4J2 = """Configuration:
-  Appenders:
-    Console:
-      name: STDOUT
-      PatternLayout:
-        pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: INFO
-      AppenderRef:
-        - ref: STDOUT
-    Logger:
-      - name: kafka.request.logger
-        level: WARN
-      - name: org.apache.kafka.controller
-        level: WARN
-"""
-
-
-def kafka_ready(s: Settings, since: int = 0) -> bool:
-    logfile = s.logs / "kafka.log"
-    if not port_open(s.kafka_port):
+def kafka_ready(s: Settings, name: str = "kafka", since: int = 0) -> bool:
+    logfile = s.logs / f"{name}.log"
+    if not port_open(s.kafka_node_ports(_node(name))[0]):
         return False
     try:
         with open(logfile, "rb") as fh:
@@ -554,54 +545,183 @@ def kafka_ready(s: Settings, since: int = 0) -> bool:
         return False
 
 
-def _kafka_program(s: Settings) -> Program:
-    props = s.run / "kafka" / "server.properties"
-    return Program("kafka", _kafka_java(s, "kafka.Kafka", str(props), heap=True), s.run / "kafka")
+def _kafka_programs(s: Settings) -> list[Program]:
+    return [
+        Program(
+            name,
+            _kafka_java(s, name, "kafka.Kafka", str(s.run / name / "server.properties"), heap=True),
+            s.run / name,
+        )
+        for name in kafka_node_names(s)
+    ]
 
 
-def init_kafka(s: Settings) -> None:
-    kdir = s.run / "kafka"
+def _kafka_cluster_id(s: Settings) -> str:
+    """One id for every node of the profile's Kafka cluster, made once."""
+    path = s.run / "kafka-cluster.id"
+    if path.exists():
+        return path.read_text().strip()
+    out = subprocess.run(
+        _kafka_java(s, kafka_node_names(s)[0], "kafka.tools.StorageTool", "random-uuid"),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    cluster_id = out.stdout.strip().splitlines()[-1]
+    path.write_text(cluster_id)
+    return cluster_id
+
+
+def init_kafka(s: Settings, name: str) -> None:
+    kdir = s.run / name
     kdir.mkdir(parents=True, exist_ok=True)
     props = kdir / "server.properties"
-    props.write_text(_kafka_properties(s))
+    props.write_text(_kafka_properties(s, name))
     (kdir / "log4j2.yaml").write_text(LOG4J2)
     if (kdir / "data" / "meta.properties").exists():
         return
-    cluster_id = (
-        subprocess.run(
-            _kafka_java(s, "kafka.tools.StorageTool", "random-uuid"),
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    fmt = ["format", "-t", _kafka_cluster_id(s), "-c", str(props)]
+    if s.kafka_nodes == 1:
+        fmt.append("--standalone")
     subprocess.run(
-        _kafka_java(
-            s,
-            "kafka.tools.StorageTool",
-            "format",
-            "-t",
-            cluster_id,
-            "-c",
-            str(props),
-            "--standalone",
-        ),
-        check=True,
-        capture_output=True,
+        _kafka_java(s, name, "kafka.tools.StorageTool", *fmt), check=True, capture_output=True
     )
 
 
 def start_kafka(s: Settings) -> None:
-    logfile = s.logs / "kafka.log"
-    if supervisor.pid_of(s, "kafka") and port_open(s.kafka_port):
+    """Start every node, then wait for all of them (a quorum needs its voters together)."""
+    offsets = {}
+    for name in kafka_node_names(s):
+        port, cport = s.kafka_node_ports(_node(name))
+        if supervisor.pid_of(s, name) and port_open(port):
+            continue
+        _check_ports_free(s, name, port, cport)
+        init_kafka(s, name)
+        logfile = s.logs / f"{name}.log"
+        offsets[name] = logfile.stat().st_size if logfile.exists() else 0
+        supervisor.start(s, name)
+    for name, offset in offsets.items():
+        wait_until(
+            f"Kafka node {name}",
+            lambda n=name, o=offset: kafka_ready(s, n, o),
+            120,
+            s.logs / f"{name}.log",
+        )
+
+
+# ---------------------------------------------------------------- Spark standalone (cluster)
+
+
+def spark_worker_names(s: Settings) -> list[str]:
+    return [f"spark-worker-{n}" for n in range(1, s.spark_workers + 1)]
+
+
+def _spark_programs(s: Settings) -> list[Program]:
+    """A standalone master and its workers (1 core each), on loopback. The streaming job's
+    checkpoint is a path under the profile's folder, which every node on this machine sees."""
+    if not s.spark_workers:
+        return []
+    spark_class = str(s.venv / "bin" / "spark-class")
+    master = [
+        spark_class,
+        "org.apache.spark.deploy.master.Master",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(s.spark_master_port),
+        "--webui-port",
+        str(s.spark_master_ui),
+    ]
+    programs = [Program("spark-master", master, s.run / "spark")]
+    for n, name in enumerate(spark_worker_names(s), start=1):
+        work = s.run / "spark" / name
+        worker = [
+            spark_class,
+            "org.apache.spark.deploy.worker.Worker",
+            f"spark://127.0.0.1:{s.spark_master_port}",
+            "--host",
+            "127.0.0.1",
+            "--cores",
+            "1",
+            "--memory",
+            s.spark_worker_memory,
+            "--webui-port",
+            str(s.spark_master_ui + n),
+            "--work-dir",
+            str(work),
+        ]
+        programs.append(Program(name, worker, s.run / "spark"))
+    return programs
+
+
+def spark_master_status(s: Settings) -> dict | None:
+    """The master's JSON view (workers, their state, running apps), or None."""
+    try:
+        url = f"http://127.0.0.1:{s.spark_master_ui}/json/"
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return json.load(r)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def start_spark(s: Settings) -> None:
+    if not s.spark_workers:
         return
-    _check_ports_free(s, "kafka", s.kafka_port, s.kafka_controller_port)
-    init_kafka(s)
-    offset = logfile.stat().st_size if logfile.exists() else 0
-    supervisor.start(s, "kafka")
-    wait_until("Kafka", lambda: kafka_ready(s, offset), 120, logfile)
+    for sub in ["spark", *(f"spark/{w}" for w in spark_worker_names(s))]:
+        (s.run / sub).mkdir(parents=True, exist_ok=True)
+    for program in _spark_programs(s):
+        supervisor.start(s, program.name)
+
+    def workers_alive() -> bool:
+        st = spark_master_status(s)
+        alive = [w for w in (st or {}).get("workers", []) if w.get("state") == "ALIVE"]
+        return len(alive) >= s.spark_workers
+
+    wait_until("Spark workers", workers_alive, 120, s.logs / "spark-master.log")
+
+
+# ---------------------------------------------------------------- Redis (Celery broker, cluster)
+
+
+def _redis_conf(s: Settings) -> Path:
+    """redis.conf holds the password (requirepass), so it is written 0600."""
+    rdir = s.run / "redis"
+    rdir.mkdir(parents=True, exist_ok=True)
+    conf = rdir / "redis.conf"
+    write_private(
+        conf,
+        "\n".join(
+            [
+                "bind 127.0.0.1",
+                f"port {s.redis_port}",
+                f"dir {rdir}",
+                "protected-mode yes",
+                f"requirepass {secrets_for(s)['REDIS_PASSWORD']}",
+                "appendonly yes",
+                "save ''",
+                "",
+            ]
+        ),
+    )
+    return conf
+
+
+def _redis_programs(s: Settings) -> list[Program]:
+    if not s.redis_port or s.executor != "CeleryExecutor":
+        return []
+    return [
+        Program("redis", ["redis-server", str(s.run / "redis" / "redis.conf")], s.run / "redis")
+    ]
+
+
+def start_redis(s: Settings) -> None:
+    if not _redis_programs(s):
+        return
+    _redis_conf(s)
+    if not supervisor.pid_of(s, "redis"):
+        _check_ports_free(s, "redis", s.redis_port)
+        supervisor.start(s, "redis")
+    wait_until("Redis", lambda: port_open(s.redis_port), 30, s.logs / "redis.log")
 
 
 # ---------------------------------------------------------------- Airflow
@@ -612,16 +732,25 @@ def start_kafka(s: Settings) -> None:
 # which reads through the reader role only; the triggerer's CDC probe uses the publisher's.
 COMPONENT_CONNECTIONS: dict[str, tuple[str, ...]] = {
     "api-server": ("MYSQL_READER",),
-    "scheduler": (
-        "MYSQL_INGEST",
-        "MYSQL_PUBLISHER",
-        "MYSQL_STREAM",
-        "KAFKA_DEFAULT",
-        "SPARK_DEFAULT",
-    ),
+    "scheduler": TASK_CONNECTIONS,
     "dag-processor": (),
     "triggerer": ("MYSQL_PUBLISHER",),
+    "celery-worker": TASK_CONNECTIONS,
 }
+
+
+def airflow_components(s: Settings) -> list[str]:
+    """The Airflow processes of a profile: with Celery, N workers run the tasks."""
+    workers = [f"celery-worker-{n}" for n in range(1, s.celery_workers + 1)]
+    return [*AIRFLOW_COMPONENTS, *(workers if s.executor == "CeleryExecutor" else [])]
+
+
+def _connections_of(s: Settings, component: str) -> tuple[str, ...]:
+    if component.startswith("celery-worker"):
+        return COMPONENT_CONNECTIONS["celery-worker"]
+    if component == "scheduler" and s.executor == "CeleryExecutor":
+        return ()  # tasks run on the Celery workers, not under the scheduler
+    return COMPONENT_CONNECTIONS[component]
 
 
 def _airflow_db_url(s: Settings) -> str:
@@ -637,7 +766,7 @@ def airflow_env(s: Settings, component: str | None = None) -> dict[str, str]:
     pw = secrets_for(s)
     conns = connection_env(s)
     if component is not None:
-        keep = {f"AIRFLOW_CONN_{c}" for c in COMPONENT_CONNECTIONS[component]}
+        keep = {f"AIRFLOW_CONN_{c}" for c in _connections_of(s, component)}
         conns = {k: v for k, v in conns.items() if not k.startswith("AIRFLOW_CONN_") or k in keep}
     env.update(conns)
     env.update(
@@ -646,7 +775,7 @@ def airflow_env(s: Settings, component: str | None = None) -> dict[str, str]:
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": s.executor,
             "AIRFLOW__CORE__PARALLELISM": str(s.airflow_parallelism),
             "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(s.airflow_parallelism),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
@@ -676,6 +805,16 @@ def airflow_env(s: Settings, component: str | None = None) -> dict[str, str]:
             "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}",
         }
     )
+    if s.executor == "CeleryExecutor":
+        env.update(
+            {
+                "AIRFLOW__CELERY__BROKER_URL": (
+                    f"redis://:{pw['REDIS_PASSWORD']}@127.0.0.1:{s.redis_port}/0"
+                ),
+                "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + _airflow_db_url(s),
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": "3",
+            }
+        )
     return env
 
 
@@ -689,12 +828,27 @@ _COMPONENT_ARGS = {
 }
 
 
+def _component_argv(component: str) -> list[str]:
+    if component.startswith("celery-worker"):
+        # each worker its own Celery name; logs are read from the shared folder
+        return [
+            "celery",
+            "worker",
+            "--celery-hostname",
+            f"{component}@127.0.0.1",
+            "--skip-serve-logs",
+        ]
+    return [component, *_COMPONENT_ARGS[component]]
+
+
 def exec_component(s: Settings, component: str) -> None:
     """Replace this process with an Airflow component (supervisord's command for it)."""
+    if component not in airflow_components(s):
+        raise ServiceError(f"{component} is not a component of profile {s.profile}")
     env = airflow_env(s, component)
     airflow = str(s.venv / "bin" / "airflow")
     os.chdir(s.run)
-    os.execve(airflow, [airflow, component, *_COMPONENT_ARGS[component]], env)
+    os.execve(airflow, [airflow, *_component_argv(component)], env)
 
 
 def _airflow_programs(s: Settings) -> list[Program]:
@@ -706,7 +860,7 @@ def _airflow_programs(s: Settings) -> list[Program]:
             ROOT,
             startsecs=5,
         )
-        for c in AIRFLOW_COMPONENTS
+        for c in airflow_components(s)
     ]
 
 
@@ -727,9 +881,11 @@ def airflow_healthy(s: Settings) -> bool:
 
 
 def start_airflow(s: Settings) -> None:
-    """PostgreSQL, `airflow db migrate`, then the four components."""
+    """PostgreSQL (and Redis for Celery), `airflow db migrate`, then the components."""
     start_postgres(s)
-    if all(supervisor.pid_of(s, f"airflow-{c}") for c in AIRFLOW_COMPONENTS) and airflow_healthy(s):
+    start_redis(s)
+    components = airflow_components(s)
+    if all(supervisor.pid_of(s, f"airflow-{c}") for c in components) and airflow_healthy(s):
         return
     _check_ports_free(s, "airflow-api-server", s.airflow_port)
     home = s.airflow_home
@@ -747,7 +903,7 @@ def start_airflow(s: Settings) -> None:
     )
     if res.returncode != 0:
         raise ServiceError(f"airflow db migrate failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
-    for c in AIRFLOW_COMPONENTS:
+    for c in components:
         supervisor.start(s, f"airflow-{c}")
     wait_until("Airflow", lambda: airflow_healthy(s), 180, s.logs / "airflow-api-server.log")
 
@@ -759,7 +915,9 @@ def programs(s: Settings) -> list[Program]:
     return [
         _mariadb_program(s),
         _postgres_program(s),
-        _kafka_program(s),
+        *_redis_programs(s),
+        *_kafka_programs(s),
+        *_spark_programs(s),
         *_airflow_programs(s),
     ]
 

@@ -64,14 +64,20 @@ SPARK_JAVA_OPTIONS = "-XX:+UseParallelGC"
 
 def spark_submit_conf() -> dict[str, str]:
     """The --conf of the streaming job's spark-submit, sized for a small machine; one place
-    for the Airflow DAG and the tests."""
-    return {
+    for the Airflow DAG and the tests. On a standalone cluster the executors get
+    REGSTREAM_SPARK_EXECUTOR_MEMORY each and REGSTREAM_SPARK_CORES_MAX cores in all."""
+    conf = {
         "spark.sql.shuffle.partitions": str(env_int("REGSTREAM_SPARK_SHUFFLE_PARTITIONS", 2)),
         "spark.driver.memory": os.environ.get("REGSTREAM_SPARK_DRIVER_MEMORY", "1g"),
         "spark.driver.extraJavaOptions": SPARK_JAVA_OPTIONS,
         "spark.executor.extraJavaOptions": SPARK_JAVA_OPTIONS,
         "spark.ui.enabled": "false",
     }
+    if os.environ.get("REGSTREAM_SPARK_EXECUTOR_MEMORY"):
+        conf["spark.executor.memory"] = os.environ["REGSTREAM_SPARK_EXECUTOR_MEMORY"]
+    if os.environ.get("REGSTREAM_SPARK_CORES_MAX"):
+        conf["spark.cores.max"] = os.environ["REGSTREAM_SPARK_CORES_MAX"]
+    return conf
 
 
 # Secrets of Airflow itself that a task's children never need.
