@@ -50,6 +50,7 @@ def fill(s, database: str, n: int) -> None:
 def child(mode: str, n: int) -> None:
     from confluent_kafka import Producer
     from regstream import db, publish, settings
+    from regstream.messages import SELECT_EVENTS, message_key
 
     conn = db.connect("mysql_publisher")
     bootstrap = json.loads(__import__("os").environ["AIRFLOW_CONN_KAFKA_DEFAULT"])["extra"][
@@ -67,9 +68,9 @@ def child(mode: str, n: int) -> None:
         sent = r.published
     else:
         cur = conn.cursor()
-        cur.execute(publish._SELECT + " ORDER BY event_id")
-        rows = [(str(store).encode(), value) for _, store, value in cur.fetchall()]
-        d = publish._Deliveries()
+        cur.execute(SELECT_EVENTS + " ORDER BY event_id")
+        rows = [(message_key(store), value) for _, store, value in cur.fetchall()]
+        d = publish.Deliveries()
         t0 = time.monotonic()
         sent = publish.produce_all(producer, topic, rows, d)
         publish.flush_or_fail(producer, sent, d, bootstrap, 120)

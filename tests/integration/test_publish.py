@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from regstream import db, ingest, publish
+from regstream.messages import contract_errors
 
 from stackctl import services
 from tests.conftest import (
@@ -81,7 +83,9 @@ def test_gate_skips_when_nothing_is_new(stack, fresh_db, topic) -> None:
     assert work and "1 new events" in why
 
 
-def test_published_messages_carry_the_documented_fields(stack, fresh_db, topic) -> None:
+def test_published_messages_follow_the_contract(stack, fresh_db, topic) -> None:
+    """Every message read back from Kafka validates against the JSON Schema and carries the
+    row's values."""
     conn = db.connect("mysql_ingest", autocommit=False)
     ingest.run_ingest(
         conn,
@@ -96,6 +100,7 @@ def test_published_messages_carry_the_documented_fields(stack, fresh_db, topic) 
     assert len(msgs) == 30
     cur = root_conn(stack, fresh_db).cursor()
     for m in msgs:
+        assert contract_errors(m.key(), m.value()) == [], m.value()
         v = json.loads(m.value())
         assert m.key() == str(v["store_id"]).encode()
         assert v["schema_version"] == 1 and v["event_type"] == "customer_registered"
@@ -191,61 +196,127 @@ def test_open_transaction_holds_only_its_own_gap(stack, fresh_db, topic) -> None
     assert r.published == 0 and [(g.first, g.last) for g in r.after.gaps] == [(1, 1)]
     holder.commit()
     r = publish.run_publish(topic=topic)
-    assert r.published == 1 and r.after.gaps == []
+    assert r.published == 1 and r.after.gaps == ()
     assert sorted(event_ids_in_topic(stack, topic)) == [1, 2]
 
 
-PUBLISH_ONCE = (
-    "import logging, sys; logging.basicConfig(level=logging.INFO); "
-    "from regstream.publish import run_publish; run_publish(max_events=int(sys.argv[1]))"
-)
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    """A publisher in its own process, with the test's connections and topic."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'plugins'}:{ROOT}")
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-def test_sigkill_at_random_points_then_clean_run(stack, fresh_db, topic) -> None:
+# Publishes once; with "kill", SIGKILLs itself exactly when Kafka has acknowledged every
+# message of the run and the new watermark is not written yet.
+KILL_AT_ACK = """
+import json, logging, os, signal, sys
+logging.basicConfig(level=logging.INFO)
+from regstream.publish import HookedPublisher
+
+def die(acked):
+    state = acked.decision.state
+    print("ACKED " + json.dumps([acked.before.last_event_id, state.last_event_id,
+          acked.decision.published]), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+HookedPublisher().run(max_events=int(sys.argv[1]), on_acked=die)
+"""
+
+
+def killed_at_ack(max_events: int) -> tuple[int, int, int]:
+    """(watermark before, watermark it was about to write, messages acknowledged)."""
+    proc = run_script(KILL_AT_ACK, str(max_events))
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-3000:]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("ACKED ")]
+    before, after, published = json.loads(line.removeprefix("ACKED "))
+    return before, after, published
+
+
+def test_sigkill_between_kafka_ack_and_watermark_write_then_clean_run(
+    stack, fresh_db, topic
+) -> None:
     conn = db.connect("mysql_ingest", autocommit=False)
     start = datetime(2026, 11, 7, tzinfo=timezone.utc)
-    for i in range(4):
+    for i in range(3):
         ingest.run_ingest(
-            conn, "kill_test", start + timedelta(hours=i), start + timedelta(hours=i + 1), 25_000
+            conn, "kill_test", start + timedelta(hours=i), start + timedelta(hours=i + 1), 4000
         )
     conn.close()
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'plugins'}:{ROOT}")
-    rng = random.Random(7)
-    kills = 0
-    for _ in range(6):
-        proc = subprocess.Popen(
-            [sys.executable, "-u", "-c", PUBLISH_ONCE, "60000"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        # Kill at a random point after producing started (the hook logs "Producer").
-        for line in proc.stdout:
-            if "Producer" in line:
-                break
-        try:
-            proc.wait(timeout=rng.uniform(0.0, 1.2))
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
-        proc.stdout.close()
+    ids = sorted(table_ids(stack, fresh_db))
+    assert len(ids) == 12_000
+
+    # Killed once Kafka holds the first 5000: the watermark stays at 0.
+    assert killed_at_ack(5000) == (0, ids[4999], 5000)
+    assert watermark(stack, fresh_db, topic)[0] == 0
+    assert sorted(event_ids_in_topic(stack, topic)) == ids[:5000]
+    # A clean run sends those 5000 again and moves the watermark past them.
+    r = publish.run_publish(topic=topic, max_events=5000)
+    assert (r.published, r.after.last_event_id) == (5000, ids[4999])
+    # Killed again at the same point, one batch further.
+    assert killed_at_ack(5000) == (ids[4999], ids[9999], 5000)
+    assert watermark(stack, fresh_db, topic)[0] == ids[4999]
+
     drain(stack, fresh_db, topic, timeout=120)
-    in_table = table_ids(stack, fresh_db)
+    last, gaps, _ = watermark(stack, fresh_db, topic)
+    assert last == ids[-1] and json.loads(gaps) == []
     msgs = topic_messages(stack, topic)
-    ids = [json.loads(m.value())["event_id"] for m in msgs]
-    print(
-        f"kill test: {kills} kills, {len(in_table)} events, {len(ids)} messages, "
-        f"{len(ids) - len(set(ids))} repeats"
-    )
-    assert kills >= 2
-    assert set(ids) == in_table
-    # repeats are exact copies of the same event
+    counts = Counter(json.loads(m.value())["event_id"] for m in msgs)
+    assert set(counts) == set(ids), "every committed id is in the topic"
+    assert {i for i, n in counts.items() if n == 2} == set(ids[:10_000])
+    assert max(counts.values()) == 2
     first_value: dict[int, bytes] = {}
-    for m in msgs:
+    for m in msgs:  # a repeat is the same event: same event_id, same bytes
         v = json.loads(m.value())
         assert first_value.setdefault(v["event_id"], m.value()) == m.value()
+    print(f"kill test: {len(ids)} events, {len(msgs)} messages, {len(msgs) - len(ids)} repeats")
+
+
+# Publishes once and reports every log record (after Airflow's own logging set-up).
+PUBLISH_AND_REPORT = """
+import json, logging
+import airflow.providers.apache.kafka.hooks.produce  # Airflow configures logging on import
+records = []
+
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append([record.levelname, record.name, record.getMessage()])
+
+logging.getLogger().addHandler(Keep())
+logging.getLogger().setLevel(logging.INFO)
+from regstream.publish import run_publish
+
+published = run_publish().published
+print("REPORT " + json.dumps({"published": published, "records": records}))
+"""
+
+
+def test_first_publish_on_a_new_topic_logs_no_error(stack, fresh_db, topic) -> None:
+    """A broker that just started has no producer ids yet: its first idempotent producer is
+    told "Coordinator load in progress" and retries. Airflow shows a task's stderr as ERROR,
+    so librdkafka must not write there; its lines go through logging at their own level."""
+    services.stop_program(stack, "kafka")
+    services.start_kafka(stack)
+    cur = role_conn(stack, "ingest", fresh_db).cursor()
+    for i in range(3):
+        insert_customer(cur, 1 + i % 2, datetime(2026, 11, 9, 0, i))
+    proc = run_script(PUBLISH_AND_REPORT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("REPORT ")]
+    report = json.loads(line.removeprefix("REPORT "))
+    assert report["published"] == 3
+    assert [x for x in proc.stderr.splitlines() if re.match(r"%\d\|", x)] == []
+    errors = [r for r in report["records"] if r[0] in ("ERROR", "CRITICAL")]
+    assert errors == []
+    librdkafka = [r for r in report["records"] if r[1] == "regstream.librdkafka"]
+    assert all(r[0] == "WARNING" for r in librdkafka if "Coordinator load" in r[2])
+    assert any(r[1] == "regstream.kafka_io" and "created topic" in r[2] for r in report["records"])
+    print(f"new topic: librdkafka said {librdkafka}")
 
 
 def test_broker_down_fails_and_keeps_the_watermark(stack, fresh_db, topic) -> None:

@@ -1,0 +1,215 @@
+"""The publisher's Kafka side: clients from the Airflow connection, the topic, produce, flush.
+
+Clients come from the `kafka_default`-style connection through the Apache Kafka provider's
+public hook API: the admin client is `KafkaAdminClientHook.get_conn`; the producer is built
+from the connection's settings (`KafkaProducerHook.get_connection(...).extra_dejson`) with this
+pipeline's delivery guarantees on top (PRODUCER_CONFIG wins over the connection), because the
+provider has no public way to add settings to the producer it builds.
+
+librdkafka's own log lines go through Python logging (`regstream.librdkafka`) at their own
+level. Left on stderr, Airflow's task log shows every one of them as ERROR, including the
+warning a fresh broker gives the first idempotent producer ("Failed to acquire idempotence PID
+... Coordinator load in progress: retrying"), which librdkafka retries by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from regstream.publish_errors import PublishError
+
+log = logging.getLogger(__name__)
+librdkafka_log = logging.getLogger("regstream.librdkafka")
+
+# Same settings for the task, the benchmarks and their baselines.
+PRODUCER_CONFIG: dict[str, Any] = {
+    "acks": "all",
+    "enable.idempotence": True,
+    # The Java client's partitioner: a key lands where any Java producer (Kafka Connect,
+    # Debezium) would put it. librdkafka's default (CRC32) puts sakila's stores 1 and 2 on
+    # the same partition of two, leaving the other empty and the consumer one task short.
+    "partitioner": "murmur2_random",
+    "linger.ms": 20,
+    "batch.size": 1_000_000,
+    "compression.type": "lz4",
+    "queue.buffering.max.messages": 500_000,
+    "queue.buffering.max.kbytes": 512 * 1024,
+    "message.timeout.ms": 30_000,
+    "socket.connection.setup.timeout.ms": 10_000,
+}
+
+
+def producer_config(connection: str | Mapping[str, Any]) -> dict[str, Any]:
+    """A bootstrap address or the connection's settings, plus the delivery guarantees and the
+    log routing."""
+    base = {"bootstrap.servers": connection} if isinstance(connection, str) else dict(connection)
+    return {**base, **PRODUCER_CONFIG, "logger": librdkafka_log}
+
+
+def connection_settings(kafka_conn_id: str) -> dict[str, Any]:
+    """The client settings of an Airflow Kafka connection (its extra)."""
+    from airflow.providers.apache.kafka.hooks.base import CALLBACK_CONFIG_KEYS
+    from airflow.providers.apache.kafka.hooks.produce import KafkaProducerHook
+
+    hook = KafkaProducerHook(kafka_config_id=kafka_conn_id)
+    settings = dict(hook.get_connection(kafka_conn_id).extra_dejson)
+    if not settings.get("bootstrap.servers"):
+        raise PublishError(
+            f"Kafka connection '{kafka_conn_id}' has no bootstrap.servers in its extra"
+        )
+    callbacks = sorted(k for k in CALLBACK_CONFIG_KEYS if k in settings)
+    if callbacks:
+        raise PublishError(
+            f"Kafka connection '{kafka_conn_id}' names callbacks {callbacks}: the publisher's "
+            "producer does not resolve them; remove them from the connection's extra"
+        )
+    return settings
+
+
+def make_producer(settings: Mapping[str, Any]) -> Any:
+    from confluent_kafka import Producer
+
+    return Producer(producer_config(settings))
+
+
+def admin_client(kafka_conn_id: str) -> Any:
+    from airflow.providers.apache.kafka.hooks.client import KafkaAdminClientHook
+
+    return KafkaAdminClientHook(kafka_config_id=kafka_conn_id).get_conn
+
+
+def check_broker(client: Any, bootstrap: str, timeout: float = 10.0) -> Any:
+    """Cluster metadata, or PublishError naming the address."""
+    from confluent_kafka import KafkaException
+
+    try:
+        return client.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise PublishError(
+            f"Kafka at {bootstrap} is unreachable ({exc}); the watermark was not moved"
+        ) from exc
+
+
+def ensure_topic(
+    admin: Any,
+    topic: str,
+    partitions: int,
+    replication: int,
+    bootstrap: str,
+    timeout: float = 30.0,
+    every: float = 0.1,
+) -> None:
+    """Create the topic if it is missing, then wait until every partition has a leader, so
+    that the first produce finds it ready."""
+    if topic not in check_broker(admin, bootstrap).topics:
+        create_topic(admin, topic, partitions, replication, bootstrap, timeout)
+    wait_for_leaders(admin, topic, bootstrap, timeout, every)
+
+
+def create_topic(
+    admin: Any, topic: str, partitions: int, replication: int, bootstrap: str, timeout: float
+) -> None:
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=partitions, replication_factor=replication)]
+    )
+    try:
+        futures[topic].result(timeout=timeout)
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            log.info("topic %s was created meanwhile by another client", topic)
+            return
+        raise PublishError(f"cannot create topic {topic} at {bootstrap}: {exc}") from exc
+    except FutureTimeout as exc:
+        raise PublishError(
+            f"creating topic {topic} at {bootstrap} took over {timeout:.0f}s"
+        ) from exc
+    log.info("created topic %s (%d partitions, replication %d)", topic, partitions, replication)
+
+
+def leaderless(meta: Any, topic: str) -> list[int] | None:
+    """Partitions of `topic` without a leader ([] when all have one; None: no such topic)."""
+    t = meta.topics.get(topic)
+    if t is None or t.error is not None or not t.partitions:
+        return None
+    return sorted(p.id for p in t.partitions.values() if p.leader < 0 or p.error is not None)
+
+
+def wait_for_leaders(
+    admin: Any, topic: str, bootstrap: str, timeout: float = 30.0, every: float = 0.1
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = leaderless(check_broker(admin, bootstrap), topic)
+        if missing == []:
+            return
+        if time.monotonic() > deadline:
+            raise PublishError(
+                f"topic {topic} at {bootstrap} is not ready after {timeout:.0f}s: "
+                f"{'missing' if missing is None else f'partitions {missing} have no leader'}"
+            )
+        log.info("waiting for the leaders of topic %s (%s)", topic, missing or "metadata")
+        time.sleep(every)
+
+
+class Deliveries:
+    """Delivery reports: counts, errors and offset ranges per partition."""
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.errors: list[str] = []
+        self.offsets: dict[int, tuple[int, int]] = {}
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.errors.append(str(err) if len(self.errors) < 5 else "")
+            return
+        self.ok += 1
+        p, o = msg.partition(), msg.offset()
+        lo_hi = self.offsets.get(p)
+        if lo_hi is None:
+            self.offsets[p] = (o, o)
+        elif o > lo_hi[1]:
+            self.offsets[p] = (lo_hi[0], o)
+        elif o < lo_hi[0]:
+            self.offsets[p] = (o, lo_hi[1])
+
+
+def produce_all(
+    producer: Any, topic: str, messages: Iterable[tuple[bytes, bytes]], deliveries: Deliveries
+) -> int:
+    """Produce (key, value) pairs, backing off when the local queue is full."""
+    sent = 0
+    produce = producer.produce
+    poll = producer.poll
+    for key, value in messages:
+        while True:
+            try:
+                produce(topic, value, key, on_delivery=deliveries)
+                break
+            except BufferError:
+                poll(0.05)
+        sent += 1
+        if sent % 20000 == 0:
+            poll(0)
+    return sent
+
+
+def flush_or_fail(
+    producer: Any, sent: int, deliveries: Deliveries, bootstrap: str, timeout: float
+) -> None:
+    """Return only once Kafka acknowledged every one of `sent` messages."""
+    left = producer.flush(timeout)
+    if left or deliveries.errors or deliveries.ok != sent:
+        errors = [e for e in deliveries.errors if e][:5]
+        raise PublishError(
+            f"Kafka at {bootstrap} acknowledged {deliveries.ok} of {sent} messages "
+            f"({left} still queued, {len(deliveries.errors)} failed: {errors}); "
+            "the watermark was not moved, the next run sends them again"
+        )
