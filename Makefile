@@ -7,7 +7,7 @@ PROFILE ?= local
 # stackctl runs on the venv's python once it exists (status reads Kafka through its client)
 CTL = $(shell test -x $(VENV)/python && echo $(VENV)/python || echo $(PY)) -m stackctl --profile $(PROFILE)
 
-.PHONY: up down status logs test bench lint reset stream-stop
+.PHONY: up down status logs test test-cluster bench lint reset stream-stop
 
 up:
 	$(PY) -m stackctl --profile $(PROFILE) up
@@ -23,7 +23,11 @@ logs:
 
 test:
 	$(PY) -m stackctl --profile test install --with-test-packages
-	$(VENV)/python -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+	$(VENV)/python -m pytest tests/unit tests/integration tests/e2e tests/cluster $(PYTEST_ARGS)
+
+test-cluster:
+	$(PY) -m stackctl --profile test-cluster install --with-test-packages
+	$(VENV)/python -m pytest -m cluster tests/cluster $(PYTEST_ARGS)
 
 bench:
 	$(PY) -m stackctl --profile test install

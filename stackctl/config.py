@@ -10,6 +10,7 @@ configuration only).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import secrets
 from collections.abc import Callable
@@ -56,6 +57,18 @@ PROFILES = {
         redis=6479,
     ),
 }
+# what `make test` runs its cluster chaos tests on: the cluster topology on other ports
+PROFILES["test-cluster"] = dataclasses.replace(
+    PROFILES["cluster"],
+    mysql=3357,
+    kafka=9592,
+    controller=9593,
+    airflow=8580,
+    pg=5483,
+    spark_master_port=7577,
+    spark_master_ui=8590,
+    redis=6579,
+)
 
 DATABASE = "sakila"
 TOPIC = "customer_registrations"
