@@ -134,11 +134,13 @@ def create_topic(
 
 
 def leaderless(meta: Any, topic: str) -> list[int] | None:
-    """Partitions of `topic` without a leader ([] when all have one; None: no such topic)."""
+    """Partitions of `topic` without a leader ([] when all have one; None: no such topic).
+    A partition error alone does not count: with a replica down, KRaft brokers report
+    REPLICA_NOT_AVAILABLE for partitions whose leader serves produce requests fine."""
     t = meta.topics.get(topic)
     if t is None or t.error is not None or not t.partitions:
         return None
-    return sorted(p.id for p in t.partitions.values() if p.leader < 0 or p.error is not None)
+    return sorted(p.id for p in t.partitions.values() if p.leader < 0)
 
 
 def wait_for_leaders(
@@ -150,9 +152,10 @@ def wait_for_leaders(
         if missing == []:
             return
         if time.monotonic() > deadline:
+            what = "is missing" if missing is None else f"has partitions {missing} without leader"
             raise PublishError(
-                f"topic {topic} at {bootstrap} is not ready after {timeout:.0f}s: "
-                f"{'missing' if missing is None else f'partitions {missing} have no leader'}"
+                f"Kafka at {bootstrap}: topic {topic} {what} after {timeout:.0f}s; "
+                "the watermark was not moved"
             )
         log.info("waiting for the leaders of topic %s (%s)", topic, missing or "metadata")
         time.sleep(every)

@@ -128,6 +128,13 @@ def publish_events(
     try:
         before = events.read_watermark(topic)
         run = Run(before, events.open_transactions(), max_events)
+        log.info(
+            "reading events above watermark %d and inside %d gaps (%d ids), at most %d",
+            before.last_event_id,
+            len(before.gaps),
+            sum(g.size for g in before.gaps),
+            max_events,
+        )
         deliveries = Deliveries()
         read_started = time.monotonic()
         with closing(events.read_events(run.plan)) as batches:

@@ -150,7 +150,9 @@ class Crash(BaseException):
     """The process dies here (BaseException: no `except Exception` may swallow it)."""
 
 
-def assert_every_committed_id_once_modulo_repeats(events: FakeEvents, producer: FakeProducer):
+def assert_every_committed_id_once_modulo_repeats(
+    events: FakeEvents, producer: FakeProducer
+) -> Counter:
     first: dict[int, bytes] = {}
     for _, _, _, value in producer.log:
         event_id = json.loads(value)["event_id"]
@@ -341,8 +343,14 @@ def test_the_producer_keeps_its_delivery_guarantees_over_the_connection_settings
 class FakeAdmin:
     """list_topics/create_topics of an AdminClient; leaders appear after `leaderless_polls`."""
 
-    def __init__(self, create_error: KafkaError | None = None, leaderless_polls: int = 0):
+    def __init__(
+        self,
+        create_error: KafkaError | None = None,
+        leaderless_polls: int = 0,
+        partition_error: KafkaError | None = None,
+    ):
         self.create_error = create_error
+        self.partition_error = partition_error
         self.leaderless_polls = leaderless_polls
         self.created: list[str] = []
         self.polls = 0
@@ -352,7 +360,9 @@ class FakeAdmin:
         if not self.created and self.create_error is None:
             return SimpleNamespace(topics={})
         leader = -1 if self.polls <= self.leaderless_polls else 0
-        parts = {p: SimpleNamespace(id=p, leader=leader, error=None) for p in (0, 1)}
+        parts = {
+            p: SimpleNamespace(id=p, leader=leader, error=self.partition_error) for p in (0, 1)
+        }
         return SimpleNamespace(topics={"t": SimpleNamespace(error=None, partitions=parts)})
 
     def create_topics(self, new_topics: list[Any]) -> dict[str, Future]:
@@ -379,8 +389,12 @@ def test_a_new_topic_is_used_only_once_every_partition_has_a_leader() -> None:
     kafka_io.ensure_topic(admin, "t", 2, 1, "k:9", timeout=5, every=0)
     assert admin.created == ["t"] and admin.polls == 4
     stuck = FakeAdmin(leaderless_polls=10**9)
-    with pytest.raises(PublishError, match=r"partitions \[0, 1\] have no leader"):
+    with pytest.raises(PublishError, match=r"Kafka at k:9: topic t has partitions \[0, 1\] with"):
         kafka_io.ensure_topic(stuck, "t", 2, 1, "k:9", timeout=0.05, every=0)
+    # A replica down (KRaft: REPLICA_NOT_AVAILABLE) while the leaders serve: ready.
+    degraded = FakeAdmin(partition_error=KafkaError(KafkaError.REPLICA_NOT_AVAILABLE))
+    kafka_io.ensure_topic(degraded, "t", 2, 1, "k:9", timeout=0.05, every=0)
+    assert degraded.polls == 2
 
 
 def test_librdkafka_logs_go_through_python_logging_not_stderr(caplog, capfd) -> None:
