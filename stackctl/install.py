@@ -23,8 +23,8 @@ DEBIAN_PACKAGES = [
     "pkg-config",
     "build-essential",
 ]
-# Only the browser tests of the live view need these.
-DEBIAN_TEST_PACKAGES = ["chromium"]
+# Only tests need these: the browser tests of the live view, the compose file check.
+DEBIAN_TEST_PACKAGES = ["chromium", "docker-compose"]
 
 
 def _missing_debs(packages: list[str]) -> list[str]:
