@@ -62,7 +62,7 @@ def produce_events(s, topic: str, n: int) -> None:
     )
     p = Producer(publish.producer_config(s.kafka_bootstrap))
     base = datetime(2026, 11, 1)
-    d = publish._Deliveries()
+    d = publish.Deliveries()
     rows = (
         (
             str(1 + i % 2).encode(),

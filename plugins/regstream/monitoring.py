@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from regstream.watermark import gaps_from_json
+
 QUERY = "registration_counts"
 
 
@@ -85,11 +87,10 @@ def read_lag(conn: Any, pipeline: str) -> Lag:
     cur.close()
     published_at = wm[1] if int(wm[0] or 0) > 0 else None
     stream_waiting = published_at and (not last_input_batch or last_input_batch < published_at)
-    gaps = wm[2] or "[]"
     return Lag(
         backlog_events=int(backlog),
         oldest_unpublished_age_s=_age(now, oldest),
-        pending_gaps=gaps.count('"first"'),
+        pending_gaps=len(gaps_from_json(wm[2] or "[]")),
         publish_delay_s=_age(now, oldest),
         stream_delay_s=_age(now, published_at) if stream_waiting else 0.0,
         last_batch_input_rows_per_s=float(batch[0] or 0.0),
