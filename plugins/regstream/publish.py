@@ -65,7 +65,6 @@ __all__ = [
     "run_publish",
 ]
 
-_Deliveries = Deliveries  # the name benchmarks/bench_stream.py imports
 
 
 @dataclass
