@@ -16,20 +16,15 @@ import statistics
 import time
 from datetime import datetime, timedelta, timezone
 
-from benchmarks.common import report, root_conn, stack
-from stackctl import __main__ as ctl
-from stackctl import config, services
-from stackctl.airflow_api import Airflow
+from benchmarks.common import report, root_conn, whole_platform
+from stackctl import config
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--runs", type=int, default=12)
     args = p.parse_args()
-    s = stack()
-    services.start_airflow(s)
-    ctl.unpause_dags(s)
-    af = Airflow(s)
+    s, af = whole_platform()
     cur = root_conn(s, config.DATABASE).cursor()
     deadline = time.monotonic() + 300
     while True:

@@ -20,9 +20,8 @@ import time
 from datetime import datetime
 from typing import Any
 
-from benchmarks.common import report, root_conn, stack
-from stackctl import __main__ as ctl
-from stackctl import config, services
+from benchmarks.common import report, root_conn, whole_platform
+from stackctl import config
 from stackctl.airflow_api import Airflow
 
 INSERT = (
@@ -88,10 +87,7 @@ def main() -> None:
     p.add_argument("--singles", type=int, default=200)
     p.add_argument("--bursts", type=int, default=3)
     args = p.parse_args()
-    s = stack()
-    services.start_airflow(s)
-    ctl.unpause_dags(s)
-    af = Airflow(s)
+    s, af = whole_platform()
     cur = root_conn(s, config.DATABASE).cursor()
     base = counted(cur)
     cur.execute(

@@ -19,12 +19,20 @@ from stackctl import config, services  # noqa: E402
 
 def stack() -> config.Settings:
     s = config.load(os.environ.get("REG_PROFILE", "test"))
-    services.start_supervisor(s)
-    services.start_mariadb(s)
-    services.start_kafka(s)
-    services.apply_schema(s)
+    services.start_data_services(s)
     os.environ.update(services.airflow_env(s))
     return s
+
+
+def whole_platform() -> tuple[config.Settings, Any]:
+    """The whole test-profile platform, DAGs unpaused, as `make up` runs it."""
+    from stackctl import __main__ as ctl
+    from stackctl.airflow_api import Airflow
+
+    s = stack()
+    services.start_airflow(s)
+    ctl.unpause_dags(s)
+    return s, Airflow(s)
 
 
 def fresh(s: config.Settings) -> tuple[str, str]:

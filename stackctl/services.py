@@ -922,6 +922,15 @@ def programs(s: Settings) -> list[Program]:
     ]
 
 
+def start_data_services(s: Settings) -> None:
+    """supervisord, MariaDB with the schema, and Kafka: what the integration tests and the
+    benchmarks need (Airflow and Spark come on top with start_airflow / start_spark)."""
+    start_supervisor(s)
+    start_mariadb(s)
+    apply_schema(s)
+    start_kafka(s)
+
+
 def start_supervisor(s: Settings) -> None:
     s.run.mkdir(parents=True, exist_ok=True)
     supervisor.start_daemon(s, programs(s), base_env(s))

@@ -64,10 +64,7 @@ def _fresh_profile(s: config.Settings) -> None:
 def stack(settings: config.Settings) -> Iterator[config.Settings]:
     """MariaDB and Kafka of the test profile, started fresh for the session."""
     _fresh_profile(settings)
-    services.start_supervisor(settings)
-    services.start_mariadb(settings)
-    services.start_kafka(settings)
-    services.apply_schema(settings)
+    services.start_data_services(settings)
     os.environ.update(services.airflow_env(settings))
     yield settings
 

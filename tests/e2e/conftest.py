@@ -14,6 +14,7 @@ import pytest
 from stackctl import __main__ as ctl
 from stackctl import config, services, supervisor
 from stackctl.airflow_api import Airflow
+from tests.conftest import wait_for
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,20 @@ def platform(stack: config.Settings) -> Iterator[Airflow]:
     af.login()
     print(f"airflow up and DAGs unpaused in {time.monotonic() - t0:.0f}s")
     yield af
+
+
+def counts_match(s: config.Settings, timeout: float = 240) -> float:
+    """Seconds until the stream's counts equal the SQL ground truth for every window."""
+    from tests.integration.streamjob import ground_truth, stream_counts
+
+    t0 = time.monotonic()
+    wait_for(
+        "stream counts == SQL ground truth for every window",
+        lambda: stream_counts(s, config.DATABASE) == ground_truth(s, config.DATABASE),
+        timeout,
+        0.2,
+    )
+    return time.monotonic() - t0
 
 
 def cmdline(pid: int) -> str:

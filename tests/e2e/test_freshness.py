@@ -11,8 +11,9 @@ from regstream.monitoring import read_lag
 
 from stackctl import config, services
 from tests.conftest import role_conn, root_conn, wait_for
+from tests.e2e.conftest import counts_match as wait_exact
 from tests.e2e.conftest import wait_restarted
-from tests.integration.streamjob import ground_truth, stream_counts
+from tests.integration.streamjob import stream_counts
 
 pytestmark = pytest.mark.e2e
 
@@ -33,17 +34,6 @@ def insert_directly(stack, n: int = 1) -> None:
 
 def counted(stack) -> int:
     return sum(stream_counts(stack, DB).values())
-
-
-def wait_exact(stack, timeout: float) -> float:
-    t0 = time.monotonic()
-    wait_for(
-        "counts == SQL ground truth",
-        lambda: stream_counts(stack, DB) == ground_truth(stack, DB),
-        timeout,
-        0.2,
-    )
-    return time.monotonic() - t0
 
 
 def test_a_direct_insert_is_counted_within_the_bound(stack, platform) -> None:

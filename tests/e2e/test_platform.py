@@ -22,8 +22,13 @@ import pytest
 from stackctl import config, services, supervisor
 from stackctl.airflow_api import AirflowAPIError
 from tests.conftest import ARTIFACTS, root_conn, wait_for
-from tests.e2e.conftest import profile_pids_matching, task_runner_pids, wait_restarted
-from tests.integration.streamjob import ground_truth, stream_counts
+from tests.e2e.conftest import (
+    counts_match,
+    profile_pids_matching,
+    task_runner_pids,
+    wait_restarted,
+)
+from tests.integration.streamjob import stream_counts
 
 pytestmark = pytest.mark.e2e
 
@@ -39,17 +44,6 @@ def stream_running(stack) -> bool:
         "AND finished_at > UTC_TIMESTAMP(6) - INTERVAL 20 SECOND"
     )
     return cur.fetchone()[0] > 0
-
-
-def counts_match(stack, timeout: float = 240) -> float:
-    t0 = time.monotonic()
-    wait_for(
-        "stream counts == SQL ground truth for every window",
-        lambda: stream_counts(stack, DB) == ground_truth(stack, DB),
-        timeout,
-        1.0,
-    )
-    return time.monotonic() - t0
 
 
 def test_triggered_runs_flow_into_window_counts(stack, platform) -> None:
