@@ -83,9 +83,19 @@ def validate_count(value: Any, maximum: int = MAX_CUSTOMERS_PER_RUN) -> int:
     if n > maximum:
         raise IngestError(
             f"customers must be at most {maximum:,} per run, got {n:,}; "
-            "use the bulk loader (python -m regstream.bulk) for more"
+            "split the load over more runs (trigger several, or backfill more intervals)"
         )
     return n
+
+
+EMAIL_MAX = 50  # customer.email is VARCHAR(50)
+
+
+def email_for(first: str, last: str, tag: str) -> str:
+    """sakila's e-mail style, FIRST.LAST.tag@sakilacustomer.org, cut to fit the column."""
+    suffix = f".{tag}@sakilacustomer.org"
+    local = f"{first}.{last}".replace(" ", "").upper()
+    return local[: EMAIL_MAX - len(suffix)] + suffix
 
 
 def _utc_naive(ts: datetime) -> datetime:
@@ -147,7 +157,7 @@ def generate_customers(
             j = rng.randrange(pool)
             st, di, po, ph = streets[j], districts[j], postcodes[j], phones[rng.randrange(pool)]
         tag = format((seed + i) % 16**6, "06x")
-        email = f"{f}.{la}"[:30].replace(" ", "").upper() + f".{tag}@sakilacustomer.org"
+        email = email_for(f, la, tag)
         out.append(
             Customer(
                 store_id=rng.choice(stores),

@@ -61,3 +61,20 @@ def test_empty_interval_is_refused() -> None:
 def test_no_reference_data_is_refused() -> None:
     with pytest.raises(IngestError, match="no cities or no stores"):
         generate_customers(5, 1, START, END, [], [1])
+
+
+def test_emails_fit_the_column_whatever_the_names() -> None:
+    from regstream.ingest import EMAIL_MAX, email_for
+
+    long = email_for("Maximiliano-Alejandro", "Rodriguez-Fernandez de la Vega", "0a1b2c")
+    assert len(long) <= EMAIL_MAX and long.endswith(".0a1b2c@sakilacustomer.org")
+    assert long.startswith("MAXIMILIANO-ALEJANDRO.RO")
+    assert email_for("Ann", "Lee", "000001") == "ANN.LEE.000001@sakilacustomer.org"
+
+
+def test_too_many_customers_says_what_to_do_instead() -> None:
+    import pytest
+    from regstream.ingest import IngestError, validate_count
+
+    with pytest.raises(IngestError, match="split the load over more runs"):
+        validate_count(2_000_000)
