@@ -135,7 +135,7 @@ def freshness(s, seconds: int, rate: float, work: Path) -> dict:
     pub = subprocess.Popen(
         [env_py, "-m", "regstream.publish", "--loop", "--interval", "0.1"],
         cwd=ROOT,
-        env={**__import__("os").environ, "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}"},
+        env=dict(__import__("os").environ),
         stdout=open(work / "publisher.log", "wb"),
         stderr=subprocess.STDOUT,
     )

@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
+from stackctl import config, services
 
-from stackctl import config, services  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def stack() -> config.Settings:

@@ -67,7 +67,7 @@ ROWS = [  # (benchmark, label, figure, baseline figure, target)
 
 def main() -> None:
     results: dict[str, dict] = {}
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}"}
+    env = dict(os.environ)
     t0 = time.monotonic()
     for script in SCRIPTS:
         res = subprocess.run(

@@ -18,3 +18,8 @@ USER airflow
 COPY requirements.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir -r /tmp/requirements.txt \
  && pip install --no-cache-dir --force-reinstall --no-deps "$(grep '^pyspark==' /tmp/requirements.txt)"
+# the project itself (regstream, stackctl, the `regstream` command), as `make up` installs it
+COPY --chown=airflow pyproject.toml README.md /opt/regstream/src/
+COPY --chown=airflow plugins/regstream /opt/regstream/src/plugins/regstream
+COPY --chown=airflow stackctl /opt/regstream/src/stackctl
+RUN pip install --no-cache-dir --no-deps /opt/regstream/src

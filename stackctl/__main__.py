@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             import shlex
 
             for k, v in services.airflow_env(s).items():
-                if k.startswith(("AIRFLOW", "REGSTREAM", "PYTHONPATH")):
+                if k.startswith(("AIRFLOW", "REGSTREAM")):
                     print(f"export {k}={shlex.quote(v)}")
     except (services.ServiceError, supervisor.SupervisorError) as exc:
         log.error("%s", exc)

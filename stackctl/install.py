@@ -64,6 +64,7 @@ def venv(s: Settings) -> Path:
     python = s.venv / "bin" / "python"
     stamp = s.venv / ".requirements.sha"
     if python.exists() and stamp.exists() and stamp.read_text() == _digest(req):
+        editable(s)
         return python
     log.info("installing the pinned Python environment into %s", s.venv)
     if not python.exists():
@@ -78,6 +79,34 @@ def venv(s: Settings) -> Path:
     )
     subprocess.run([*pip, "--force-reinstall", "--no-deps", pin], check=True)
     stamp.write_text(_digest(req))
+    editable(s)
+    return python
+
+
+def editable(s: Settings) -> None:
+    """The project itself (`regstream`, `stackctl`, the `regstream` command), editable, so
+    the DAGs, the Spark job, tests and benchmarks import it the same way, without PYTHONPATH."""
+    python = s.venv / "bin" / "python"
+    stamp = s.venv / ".project.sha"
+    digest = _digest(ROOT / "pyproject.toml") + str(ROOT)
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    log.info("installing the project (editable) into %s", s.venv)
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "-e",
+            str(ROOT),
+        ],
+        check=True,
+    )
+    stamp.write_text(digest)
     return python
 
 

@@ -802,7 +802,6 @@ def airflow_env(s: Settings, component: str | None = None) -> dict[str, str]:
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "AIRFLOW__API_AUTH__JWT_SECRET": pw["AIRFLOW_JWT_SECRET"],
             "AIRFLOW__CORE__FERNET_KEY": pw["AIRFLOW_FERNET_KEY"],
-            "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}",
         }
     )
     if s.executor == "CeleryExecutor":

@@ -20,7 +20,6 @@ from regstream.messages import contract_errors
 
 from stackctl import services
 from tests.conftest import (
-    ROOT,
     event_ids_in_topic,
     role_conn,
     root_conn,
@@ -202,7 +201,7 @@ def test_open_transaction_holds_only_its_own_gap(stack, fresh_db, topic) -> None
 
 def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
     """A publisher in its own process, with the test's connections and topic."""
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'plugins'}:{ROOT}")
+    env = dict(os.environ)
     return subprocess.run(
         [sys.executable, "-c", script, *args],
         env=env,
