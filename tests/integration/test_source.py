@@ -17,7 +17,7 @@ from tests.conftest import role_conn, root_conn
 
 pytestmark = pytest.mark.integration
 
-SAKILA = Path(__file__).resolve().parents[3] / "shared" / "sakila"
+SAKILA = Path(__file__).resolve().parents[1] / "fixtures" / "sakila"
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=timezone.utc)
 T1 = T0 + timedelta(minutes=5)
 
@@ -41,6 +41,8 @@ def test_each_role_can_do_only_what_it_was_granted(stack, fresh_db) -> None:
         ("ingest", "SELECT * FROM users_change_events"),
         ("ingest", "UPDATE latest_cdc_timestamp SET last_event_id = 0"),
         ("stream", "SELECT * FROM customer"),
+        ("reader", "SELECT * FROM customer"),
+        ("reader", "SELECT email FROM users_change_events"),
         ("stream", "DELETE FROM registrations_per_window"),
         ("reader", "INSERT INTO registrations_per_window VALUES (NOW(), NOW(), 1, 1, 0, NOW())"),
         ("reader", "UPDATE latest_cdc_timestamp SET last_event_id = 0"),
@@ -64,9 +66,11 @@ def test_each_role_can_do_only_what_it_was_granted(stack, fresh_db) -> None:
 
 
 def test_trigger_rows_match_inserted_customers_one_to_one(stack, fresh_db) -> None:
+    cur = root_conn(stack, fresh_db).cursor()
+    cur.execute("SELECT UTC_TIMESTAMP(6)")
+    before = cur.fetchone()[0]
     result = _run("mysql_ingest", T0, T1, 50)
     assert result.inserted == 50 and not result.already_loaded
-    cur = root_conn(stack, fresh_db).cursor()
     cur.execute(
         "SELECT c.customer_id, c.store_id, c.first_name, c.last_name, c.email, "
         "c.address_id, c.create_date FROM customer c ORDER BY c.customer_id"
@@ -81,11 +85,12 @@ def test_trigger_rows_match_inserted_customers_one_to_one(stack, fresh_db) -> No
     assert events == customers
     cur.execute(
         "SELECT COUNT(DISTINCT event_id), MIN(event_type), MAX(event_type), "
-        "MIN(MICROSECOND(captured_at) > 0 OR captured_at IS NOT NULL) "
-        "FROM users_change_events"
+        "MIN(captured_at), COUNT(captured_at) FROM users_change_events"
     )
-    distinct, t_min, t_max, _ = cur.fetchone()
+    distinct, t_min, t_max, first_captured, n_captured = cur.fetchone()
     assert distinct == 50 and t_min == t_max == "customer_registered"
+    # the trigger stamps each row with the commit-side UTC time, never NULL, never stale
+    assert n_captured == 50 and first_captured >= before
     assert result.first_customer_id == customers[0][0]
     assert result.last_customer_id == customers[-1][0]
 
