@@ -1,8 +1,10 @@
 """The analysts' live view: a FastAPI app the Airflow API server mounts at /regstream.
 
   GET /regstream/                     the page (chart + table + pipeline health, self-refreshing)
-  GET /regstream/api/counts?window=5  registrations per store per window (minutes), rolled up
-                                      from the stream's 1-minute windows
+  GET /regstream/api/counts?window=5  registrations per store per window (minutes): the stream's
+                                      windows summed when that is exact (they tile time and
+                                      the window is a whole number of them), else the
+                                      stream's own windows, with a note saying so
   GET /regstream/api/health           watermark age, events waiting, stream lag, last batch
 
 Every route requires an authenticated Airflow user allowed to see plugin views, through
@@ -17,7 +19,7 @@ customer rows.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +50,96 @@ def _conn() -> Any:
     return connect(settings.MYSQL_READER_CONN_ID)
 
 
-def counts(conn: Any, window_minutes: int, limit_windows: int = 48) -> list[dict[str, Any]]:
-    """Per-store counts per window of `window_minutes`, newest windows first."""
+WINDOW_LENGTH = "TIMESTAMPDIFF(SECOND, window_start, window_end)"
+# Windows of one length that all start at a multiple of it never overlap: they tile time.
+# Spark's tumbling windows do (they start at multiples of their length since the epoch);
+# sliding windows don't.
+CURRENT_LENGTH = (
+    f"SELECT {WINDOW_LENGTH} FROM registrations_per_window ORDER BY last_updated DESC LIMIT 1"
+)
+OVERLAPPING = (
+    "SELECT EXISTS (SELECT 1 FROM registrations_per_window "
+    f"WHERE {WINDOW_LENGTH} = %s AND MOD(UNIX_TIMESTAMP(window_start), %s) <> 0)"
+)
+ROLLED_UP = (
+    "SELECT FROM_UNIXTIME(FLOOR(UNIX_TIMESTAMP(window_start) / %s) * %s) AS ws, store_id, "
+    "SUM(registrations), MAX(last_updated) FROM registrations_per_window "
+    f"WHERE {WINDOW_LENGTH} = %s GROUP BY ws, store_id ORDER BY ws DESC, store_id"
+)
+AS_THEY_ARE = (
+    "SELECT window_start, store_id, registrations, last_updated FROM registrations_per_window "
+    f"WHERE {WINDOW_LENGTH} = %s ORDER BY window_start DESC, store_id"
+)
+
+
+def job_windows(cur: Any) -> tuple[int, bool] | None:
+    """The length (s) of the windows the stream writes now, those of its latest update (an
+    earlier run may have used another length), and whether they tile time."""
+    cur.execute(CURRENT_LENGTH)
+    row = cur.fetchone()
+    if row is None:
+        return None
+    length = int(row[0])
+    cur.execute(OVERLAPPING, (length, length))
+    return length, not cur.fetchone()[0]
+
+
+def rollup_seconds(length_s: int, tiles: bool, window_minutes: int) -> int | None:
+    """The bucket to sum the job's windows into, or None when no sum is exact: the requested
+    window is not a whole number of the job's windows, or they overlap (an event would count
+    once per window it falls in)."""
+    bucket = window_minutes * 60
+    return bucket if tiles and bucket % length_s == 0 else None
+
+
+def _span(seconds: int) -> str:
+    """90 -> '90-second', 300 -> '5-minute', 86400 -> '1-day'."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}-{unit}"
+    return f"{seconds}-second"
+
+
+def _note(length_s: int, tiles: bool, window_minutes: int, bucket: int | None) -> str:
+    if bucket == length_s:
+        return ""
+    if bucket is not None:
+        return f"each row sums the stream's {_span(length_s)} windows"
+    if not tiles:
+        return (
+            f"the stream's {_span(length_s)} windows overlap (sliding windows): shown as they "
+            "are, since a sum would count an event once per window it falls in"
+        )
+    return (
+        f"{_span(window_minutes * 60)} windows cannot be made of the stream's "
+        f"{_span(length_s)} windows: shown as they are"
+    )
+
+
+def counts(conn: Any, window_minutes: int, limit_windows: int = 48) -> dict[str, Any]:
+    """Per-store counts per window, newest windows first: the stream's windows summed into
+    `window_minutes` when that is exact, otherwise the stream's own windows."""
     if window_minutes not in WINDOW_CHOICES:
         raise ValueError(f"window must be one of {WINDOW_CHOICES} minutes")
-    secs = window_minutes * 60
     cur = conn.cursor()
-    cur.execute(
-        "SELECT FROM_UNIXTIME(FLOOR(UNIX_TIMESTAMP(window_start) / %s) * %s) AS ws, store_id, "
-        "SUM(registrations), MAX(last_updated) FROM registrations_per_window "
-        "WHERE TIMESTAMPDIFF(SECOND, window_start, window_end) = 60 "
-        "GROUP BY ws, store_id ORDER BY ws DESC, store_id",
-        (secs, secs),
-    )
+    shape = job_windows(cur)
+    if shape is None:
+        cur.close()
+        return {
+            "window_minutes": window_minutes,
+            "window_seconds": window_minutes * 60,
+            "stream_window_seconds": None,
+            "rolled_up": True,
+            "note": "",
+            "windows": [],
+        }
+    length, tiles = shape
+    bucket = rollup_seconds(length, tiles, window_minutes)
+    if bucket is None:
+        cur.execute(AS_THEY_ARE, (length,))
+    else:
+        cur.execute(ROLLED_UP, (bucket, bucket, length))
+    span = timedelta(seconds=bucket or length)
     rows: dict[datetime, dict[str, Any]] = {}
     for ws, store, n, updated in cur.fetchall():
         if ws not in rows:
@@ -68,6 +147,7 @@ def counts(conn: Any, window_minutes: int, limit_windows: int = 48) -> list[dict
                 break
             rows[ws] = {
                 "window_start": ws.isoformat() + "Z",
+                "window_end": (ws + span).isoformat() + "Z",
                 "stores": {},
                 "total": 0,
                 "updated": updated.isoformat() + "Z",
@@ -75,7 +155,14 @@ def counts(conn: Any, window_minutes: int, limit_windows: int = 48) -> list[dict
         rows[ws]["stores"][str(store)] = int(n)
         rows[ws]["total"] += int(n)
     cur.close()
-    return list(rows.values())
+    return {
+        "window_minutes": window_minutes,
+        "window_seconds": bucket or length,
+        "stream_window_seconds": length,
+        "rolled_up": bucket is not None,
+        "note": _note(length, tiles, window_minutes, bucket),
+        "windows": list(rows.values()),
+    }
 
 
 def health(conn: Any, topic: str) -> dict[str, Any]:
@@ -135,7 +222,7 @@ def api_counts(window: int = Query(5, description="window length in minutes")) -
         raise HTTPException(400, f"window must be one of {list(WINDOW_CHOICES)} minutes")
     conn = _conn()
     try:
-        return {"window_minutes": window, "windows": counts(conn, window)}
+        return counts(conn, window)
     finally:
         conn.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -53,10 +54,10 @@ def start_job(
         *(extra or []),
     ]
     log.parent.mkdir(parents=True, exist_ok=True)
-    out = open(log, "ab")
-    return subprocess.Popen(
-        argv, stdout=out, stderr=subprocess.STDOUT, env=spark_env(s), start_new_session=True
-    )
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=spark_env(s), start_new_session=True
+        )
 
 
 def kill_job(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -66,6 +67,52 @@ def kill_job(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=60)
+
+
+def driver_pid(proc: subprocess.Popen, timeout: float = 60) -> int:
+    """The job's Python driver: the child of spark-submit's JVM that runs JOB."""
+
+    def find() -> int | None:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended while we looked
+            if ppid == proc.pid and str(JOB).encode() in cmdline:
+                return int(stat.parent.name)
+        return None
+
+    return wait_for("the job's Python driver process", find, timeout)
+
+
+def stop_job(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
+    """Signal the Python driver as an operator would; spark-submit's exit code."""
+    os.kill(driver_pid(proc), sig)
+    return proc.wait(timeout=timeout)
+
+
+def query_ids(log: Path) -> list[str]:
+    """The counts query's id at each start of the job, in order (it lives in the checkpoint)."""
+    return re.findall(r"started: topic .*\(query id ([0-9a-f-]+)\)", log.read_text())
+
+
+# What sql/20_stream.sql adds for the upsert's checkpoint identity (MySQL 8 has no ADD COLUMN
+# IF NOT EXISTS); idempotent, so harmless once the schema file has it.
+QUERY_ID_COLUMN = """
+SET @ddl = IF((SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()
+                 AND TABLE_NAME = 'registrations_per_window' AND COLUMN_NAME = 'query_id') = 0,
+  'ALTER TABLE registrations_per_window ADD COLUMN query_id CHAR(36) NULL AFTER batch_id',
+  'DO 0')
+"""
+
+
+def ensure_query_id_column(s: config.Settings, database: str) -> None:
+    cur = root_conn(s, database).cursor()
+    cur.execute(QUERY_ID_COLUMN)
+    cur.execute("PREPARE add_query_id FROM @ddl")
+    cur.execute("EXECUTE add_query_id")
+    cur.execute("DEALLOCATE PREPARE add_query_id")
 
 
 def ground_truth(s: config.Settings, database: str, minutes: int = 1) -> dict[tuple, int]:

@@ -1,26 +1,46 @@
 """The Spark job against real Kafka and MariaDB: exact counts, faults, repeats, late data,
-poison messages, and a real standalone cluster."""
+poison messages, stopping and restarting, a new checkpoint, a real standalone cluster; and the
+live view's reading of the job's windows.
+
+Most tests share one database, topic and job (a Spark start costs ~20 s on 2 cores). Each test
+loads its own interval, checks its own windows, and compares the whole table with the SQL
+ground truth, so the tests pass in any order and alone; a test that stops the job leaves it
+to the next test's fixture to start again.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
-from regstream import db, ingest, publish
+import registration_counts as job
+from regstream import db, ingest, liveview, publish
 
 from stackctl import services
 from tests.conftest import (
     ARTIFACTS,
     point_connections_at,
+    role_conn,
     root_conn,
     topic_messages,
     wait_for,
 )
-from tests.integration.streamjob import kill_job, start_job, stream_counts, wait_counts_match
+from tests.integration.streamjob import (
+    ensure_query_id_column,
+    kill_job,
+    query_ids,
+    start_job,
+    stop_job,
+    wait_counts_match,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -29,57 +49,87 @@ DAY = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
 
 def load(interval_start: datetime, minutes: int, n: int, dag: str = "stream_test") -> None:
     conn = db.connect("mysql_ingest", autocommit=False)
-    ingest.run_ingest(conn, dag, interval_start, interval_start + timedelta(minutes=minutes), n)
-    conn.close()
+    try:
+        ingest.run_ingest(conn, dag, interval_start, interval_start + timedelta(minutes=minutes), n)
+    finally:
+        conn.close()
+
+
+def naive(t: datetime) -> datetime:
+    return t.replace(tzinfo=None)
+
+
+def total_between(counts: dict[tuple, int], start: datetime, end: datetime) -> int:
+    return sum(n for (ws, _store), n in counts.items() if naive(start) <= ws < naive(end))
 
 
 @pytest.fixture(scope="module")
-def env(stack, tmp_path_factory):
-    """One database, topic and job for the module's tests, run in file order."""
+def shared(stack, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """The module's database, topic and job; the job is killed at the end whatever happened."""
     mp = pytest.MonkeyPatch()
     database = f"s_{uuid.uuid4().hex[:8]}"
     topic = f"s_{uuid.uuid4().hex[:8]}"
     services.apply_schema(stack, database=database)
+    ensure_query_id_column(stack, database)
     point_connections_at(stack, database, mp)
     mp.setenv("REGSTREAM_TOPIC", topic)
     ck = tmp_path_factory.mktemp("spark") / "checkpoints"
-    state = {"db": database, "topic": topic, "ck": ck, "log": ARTIFACTS / f"stream-{topic}.log"}
-    state["proc"] = start_job(stack, topic, ck, state["log"])
-    yield state
-    kill_job(state["proc"])
-    mp.undo()
+    state: dict[str, Any] = {
+        "db": database,
+        "topic": topic,
+        "ck": ck,
+        "log": ARTIFACTS / f"stream-{topic}.log",
+        "proc": None,
+    }
+    try:
+        yield state
+    finally:
+        if state["proc"] is not None:
+            kill_job(state["proc"])
+        mp.undo()
+
+
+@pytest.fixture
+def env(stack, shared) -> dict[str, Any]:
+    """The shared job, started if it is not running (first test, or a test stopped it)."""
+    if shared["proc"] is None or shared["proc"].poll() is not None:
+        shared["proc"] = start_job(stack, shared["topic"], shared["ck"], shared["log"])
+    return shared
 
 
 def test_counts_equal_sql_ground_truth(stack, env) -> None:
     for i in range(3):
-        load(DAY + timedelta(minutes=10 * i), 10, 400)
+        load(DAY + timedelta(minutes=10 * i), 10, 400, dag="counts")
     publish.run_publish(topic=env["topic"])
     got = wait_counts_match(stack, env["db"], env["proc"])
-    assert sum(got.values()) == 1200 and len(got) > 40
+    mine = {k: n for k, n in got.items() if naive(DAY) <= k[0] < naive(DAY + timedelta(minutes=30))}
+    assert sum(mine.values()) == 1200 and len(mine) > 40
 
 
 def test_repeated_events_are_counted_once(stack, env) -> None:
     from confluent_kafka import Producer
 
-    before = stream_counts(stack, env["db"])
-    msgs = topic_messages(stack, env["topic"])[:300]
+    load(DAY + timedelta(hours=1), 5, 300, dag="repeats")
+    publish.run_publish(topic=env["topic"])
+    before = wait_counts_match(stack, env["db"], env["proc"])
+    msgs = topic_messages(stack, env["topic"])[-300:]
     p = Producer({"bootstrap.servers": stack.kafka_bootstrap})
     for m in msgs:
         p.produce(env["topic"], m.value(), m.key())
     assert p.flush(30) == 0
     # then one new interval, to know the repeats were processed before it
-    load(DAY + timedelta(minutes=40), 5, 50)
+    load(DAY + timedelta(hours=1, minutes=10), 5, 50, dag="repeats")
     publish.run_publish(topic=env["topic"])
     got = wait_counts_match(stack, env["db"], env["proc"])
     assert sum(got.values()) == sum(before.values()) + 50
 
 
 def test_backfilled_past_windows_are_counted(stack, env) -> None:
-    load(DAY - timedelta(days=3), 5, 60, dag="backfill")
+    past = DAY - timedelta(days=3)
+    load(past, 5, 60, dag="backfill")
     publish.run_publish(topic=env["topic"])
     got = wait_counts_match(stack, env["db"], env["proc"])
-    past = {k: v for k, v in got.items() if k[0] < (DAY - timedelta(days=2)).replace(tzinfo=None)}
-    assert sum(past.values()) == 60
+    assert total_between(got, past, past + timedelta(minutes=5)) == 60
 
 
 def _raw(topic: str, stack, values: list[bytes]) -> None:
@@ -91,8 +141,24 @@ def _raw(topic: str, stack, values: list[bytes]) -> None:
     assert p.flush(30) == 0
 
 
+def good_event(event_id: int, create_date: str = "2026-11-20T10:30:00Z") -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "event_id": event_id,
+        "event_type": "customer_registered",
+        "customer_id": event_id,
+        "store_id": 1,
+        "first_name": "ANA",
+        "last_name": "LIMA",
+        "email": None,
+        "address_id": 1,
+        "create_date": create_date,
+        "captured_at": "2026-11-20T10:30:00.000001Z",
+    }
+
+
 def test_poison_messages_are_quarantined_and_the_job_keeps_running(stack, env) -> None:
-    good = json.loads(topic_messages(stack, env["topic"])[0].value())
+    good = good_event(999_000)
     poison = [
         b"this is not json",
         json.dumps({"event_id": 999999}).encode(),
@@ -104,13 +170,12 @@ def test_poison_messages_are_quarantined_and_the_job_keeps_running(stack, env) -
     _raw(env["topic"], stack, poison)
     cur = root_conn(stack, env["db"]).cursor()
 
-    def quarantined():
-        cur.execute("SELECT raw_value, reason FROM stream_quarantine ORDER BY kafka_offset")
-        rows = cur.fetchall()
+    def quarantined() -> dict[bytes, str] | None:
+        cur.execute("SELECT raw_value, reason FROM stream_quarantine")
+        rows = {bytes(v): r for v, r in cur.fetchall() if bytes(v) in poison}
         return rows if len(rows) == len(poison) else None
 
-    rows = wait_for("poison messages in quarantine", quarantined, timeout=120, every=0.5)
-    reasons = {bytes(v): r for v, r in rows}
+    reasons = wait_for("poison messages in quarantine", quarantined, timeout=120, every=0.5)
     assert reasons[b"this is not json"] == "not a JSON object"
     assert "missing field store_id" in reasons[poison[1]]
     assert reasons[poison[2]] == "wrong type for store_id"
@@ -118,53 +183,49 @@ def test_poison_messages_are_quarantined_and_the_job_keeps_running(stack, env) -
     assert reasons[poison[4]] == "unsupported schema_version 9"
     assert reasons[b"[1, 2, 3]"] == "not a JSON object"
     # still running, and still counting
-    load(DAY + timedelta(minutes=50), 5, 40)
+    load(DAY + timedelta(hours=1, minutes=30), 5, 40, dag="poison")
     publish.run_publish(topic=env["topic"])
     wait_counts_match(stack, env["db"], env["proc"])
 
 
+def late_rows_dropped(cur: Any) -> int:
+    cur.execute(
+        "SELECT COALESCE(SUM(late_rows_dropped), 0) FROM stream_progress "
+        "WHERE query_name = 'registration_counts'"
+    )
+    return int(cur.fetchone()[0])
+
+
 def test_too_late_events_are_counted_as_dropped_not_silently(stack, env) -> None:
-    good = json.loads(topic_messages(stack, env["topic"])[0].value())
-    ancient = {**good, "event_id": 5_000_001, "create_date": "2026-01-01T00:00:00Z"}
-    _raw(env["topic"], stack, [json.dumps(ancient).encode()])
     cur = root_conn(stack, env["db"]).cursor()
-
-    def dropped():
-        cur.execute(
-            "SELECT COALESCE(SUM(late_rows_dropped), 0) FROM stream_progress "
-            "WHERE query_name = 'registration_counts'"
-        )
-        return cur.fetchone()[0] >= 1
-
-    wait_for("the late row in stream_progress.late_rows_dropped", dropped, timeout=120)
+    # events of this week first: they move the watermark past January
+    load(DAY + timedelta(hours=1, minutes=45), 5, 20, dag="late")
+    publish.run_publish(topic=env["topic"])
+    wait_counts_match(stack, env["db"], env["proc"])
+    before = late_rows_dropped(cur)
+    ancient = good_event(5_000_001, create_date="2026-01-01T00:00:00Z")
+    _raw(env["topic"], stack, [json.dumps(ancient).encode()])
+    wait_for(
+        "the late row in stream_progress.late_rows_dropped",
+        lambda: late_rows_dropped(cur) > before,
+        timeout=120,
+    )
     cur.execute("SELECT COUNT(*) FROM registrations_per_window WHERE window_start < '2026-02-01'")
     assert cur.fetchone()[0] == 0
 
 
 def test_sigkill_mid_batch_then_restart_gives_the_same_counts(stack, env) -> None:
-    load(DAY + timedelta(hours=2), 60, 30_000)
+    # a small interval first: the job is up and polling when the big one arrives
+    load(DAY + timedelta(hours=2), 1, 20, dag="sigkill-warm-up")
     publish.run_publish(topic=env["topic"])
-    cur = root_conn(stack, env["db"]).cursor()
-
-    def batch_running() -> bool:
-        # progress rows exist only for finished batches: the batch after the last one is live
-        cur.execute(
-            "SELECT COALESCE(SUM(input_rows), 0) FROM stream_progress WHERE "
-            "query_name = 'registration_counts'"
-        )
-        return cur.fetchone()[0] > 0
-
-    wait_for("the job to be in its batches", batch_running, timeout=60)
+    wait_counts_match(stack, env["db"], env["proc"])
+    load(DAY + timedelta(hours=2), 60, 30_000, dag="sigkill")
+    publish.run_publish(topic=env["topic"])
+    # the job picks the 30,000 up within a trigger (500 ms) and needs seconds to count them
     kill_job(env["proc"])
     env["proc"] = start_job(stack, env["topic"], env["ck"], env["log"])
     got = wait_counts_match(stack, env["db"], env["proc"], timeout=240)
-    assert sum(got.values()) == ground_total(stack, env["db"])
-
-
-def ground_total(stack, database: str) -> int:
-    cur = root_conn(stack, database).cursor()
-    cur.execute("SELECT COUNT(*) FROM customer")
-    return cur.fetchone()[0]
+    assert total_between(got, DAY + timedelta(hours=2), DAY + timedelta(hours=3)) == 30_020
 
 
 def test_old_progress_rows_are_pruned_but_late_drop_records_kept(stack, env) -> None:
@@ -177,7 +238,7 @@ def test_old_progress_rows_are_pruned_but_late_drop_records_kept(stack, env) -> 
     # the job prunes when it starts and hourly: restart it
     kill_job(env["proc"])
     env["proc"] = start_job(stack, env["topic"], env["ck"], env["log"])
-    load(DAY + timedelta(hours=5), 5, 20)
+    load(DAY + timedelta(hours=5), 5, 20, dag="prune")
     publish.run_publish(topic=env["topic"])
     wait_counts_match(stack, env["db"], env["proc"])
 
@@ -194,9 +255,200 @@ def test_old_progress_rows_are_pruned_but_late_drop_records_kept(stack, env) -> 
 def test_second_instance_refuses_to_start(stack, env, tmp_path) -> None:
     log = tmp_path / "second.log"
     proc = start_job(stack, env["topic"], env["ck"], log, extra=["--lock-timeout", "1"])
-    assert proc.wait(timeout=120) != 0
+    try:
+        assert proc.wait(timeout=120) != 0
+    finally:
+        kill_job(proc)
     assert "another instance holds lock" in log.read_text()
     assert env["proc"].poll() is None
+
+
+def test_sigterm_stops_cleanly_and_a_restart_resumes_from_the_checkpoint(stack, env) -> None:
+    load(DAY + timedelta(hours=6), 5, 50, dag="sigterm")
+    publish.run_publish(topic=env["topic"])
+    wait_counts_match(stack, env["db"], env["proc"])
+    assert stop_job(env["proc"]) == 0
+    assert "stopped cleanly (SIGTERM)" in env["log"].read_text()
+    env["proc"] = start_job(stack, env["topic"], env["ck"], env["log"])
+    load(DAY + timedelta(hours=6, minutes=10), 5, 50, dag="sigterm")
+    publish.run_publish(topic=env["topic"])
+    got = wait_counts_match(stack, env["db"], env["proc"])
+    assert total_between(got, DAY + timedelta(hours=6), DAY + timedelta(hours=6, minutes=15)) == 100
+    started = query_ids(env["log"])
+    assert len(started) >= 2 and started[-1] == started[-2]  # the same checkpoint
+
+
+def test_a_new_checkpoint_still_updates_existing_windows(stack, fresh_db, topic, tmp_path) -> None:
+    """A job of its own: a new checkpoint recounts the whole topic, which would also count
+    what the shared job's tests made it drop as too late."""
+    ensure_query_id_column(stack, fresh_db)
+    window = DAY + timedelta(hours=7)
+    ck, log = tmp_path / "checkpoints", ARTIFACTS / f"stream-{topic}.log"
+    cur = root_conn(stack, fresh_db).cursor()
+    procs = [start_job(stack, topic, ck, log)]
+    try:
+        for i in range(5):  # a batch each: the window's batch id climbs
+            load(window, 1, 20, dag=f"checkpoint-{i}")
+            publish.run_publish(topic=topic)
+            wait_counts_match(stack, fresh_db, procs[-1])
+        cur.execute(
+            "SELECT MIN(batch_id) FROM registrations_per_window WHERE window_start = %s",
+            (naive(window),),
+        )
+        assert cur.fetchone()[0] >= 4
+        assert stop_job(procs[-1]) == 0
+        shutil.rmtree(ck)  # batch ids start again at 0
+        procs.append(start_job(stack, topic, ck, log))
+        load(window, 1, 20, dag="checkpoint-new")
+        publish.run_publish(topic=topic)
+        got = wait_counts_match(stack, fresh_db, procs[-1])
+        assert total_between(got, window, window + timedelta(minutes=1)) == 120
+        started = query_ids(log)
+        assert len(started) == 2 and started[0] != started[1]
+    finally:
+        for proc in procs:
+            kill_job(proc)
+
+
+# ---------------------------------------------------------------- the sink's upsert
+
+
+def count_of(cur: Any, window: tuple) -> int:
+    cur.execute(
+        "SELECT registrations FROM registrations_per_window WHERE window_start = %s "
+        "AND window_end = %s AND store_id = %s",
+        window,
+    )
+    return cur.fetchone()[0]
+
+
+def test_upsert_keeps_a_runs_newest_batch_and_lets_a_new_checkpoint_take_over(
+    stack, fresh_db
+) -> None:
+    ensure_query_id_column(stack, fresh_db)
+    sink = job.Sink(job.mysql_params("AIRFLOW_CONN_MYSQL_STREAM"))  # the stream role
+    cur = root_conn(stack, fresh_db).cursor()
+    w = (datetime(2026, 11, 20, 9, 0), datetime(2026, 11, 20, 9, 1), 1)
+    try:
+        steps = [
+            ((10, 5, "run-a"), 10),
+            ((7, 3, "run-a"), 10),  # a replayed older batch of the same run
+            ((11, 6, "run-a"), 11),
+            ((12, 0, "run-b"), 12),  # a new checkpoint: batch ids start again
+            ((13, 1, "run-b"), 13),
+            ((9, 0, "run-b"), 13),  # its own replayed older batch
+        ]
+        for (n, batch_id, query_id), want in steps:
+            sink.upsert_counts([(*w, n, batch_id, query_id)])
+            assert count_of(cur, w) == want, (n, batch_id, query_id)
+    finally:
+        sink.close()
+
+
+def test_a_table_without_query_id_still_gets_counts(stack, fresh_db, caplog) -> None:
+    cur = root_conn(stack, fresh_db).cursor()
+    cur.execute("ALTER TABLE registrations_per_window DROP COLUMN IF EXISTS query_id")
+    sink = job.Sink(job.mysql_params("AIRFLOW_CONN_MYSQL_STREAM"))
+    w = (datetime(2026, 11, 20, 9, 0), datetime(2026, 11, 20, 9, 1), 1)
+    caplog.set_level(logging.WARNING, logger="registration_counts")
+    try:
+        sink.upsert_counts([(*w, 4, 2, "run-a")])
+        sink.upsert_counts([(*w, 3, 1, "run-a")])
+    finally:
+        sink.close()
+    assert count_of(cur, w) == 4
+    assert "no query_id column: apply sql/20_stream.sql" in caplog.text
+
+
+# ---------------------------------------------------------------- the live view
+
+
+def put_windows(
+    stack, database: str, rows: list[tuple[str, int, int, int]], age_s: int = 0
+) -> None:
+    """Rows of (window start 'HH:MM[:SS]' on DAY, length s, store, count), as the job writes."""
+    cur = root_conn(stack, database).cursor()
+    for start, length, store, n in rows:
+        ws = datetime.combine(DAY.date(), datetime.strptime(start, "%H:%M:%S").time())
+        cur.execute(
+            "INSERT INTO registrations_per_window (window_start, window_end, store_id, "
+            "registrations, batch_id, last_updated) VALUES (%s, %s, %s, %s, 0, "
+            "NOW(6) - INTERVAL %s SECOND)",
+            (ws, ws + timedelta(seconds=length), store, n, age_s),
+        )
+
+
+def view(stack, database: str, minutes: int) -> dict[str, Any]:
+    conn = role_conn(stack, "reader", database)  # the live view's own role
+    try:
+        return liveview.counts(conn, minutes)
+    finally:
+        conn.close()
+
+
+def table(result: dict[str, Any]) -> list[tuple[str, str, dict[str, int]]]:
+    return [
+        (w["window_start"][11:19], w["window_end"][11:19], w["stores"]) for w in result["windows"]
+    ]
+
+
+def test_live_view_sums_one_minute_windows_exactly(stack, fresh_db) -> None:
+    put_windows(
+        stack,
+        fresh_db,
+        [(f"09:{m:02d}:00", 60, store, m + store) for m in range(10) for store in (1, 2)],
+    )
+    five = view(stack, fresh_db, 5)
+    assert five["rolled_up"] and five["note"] == "each row sums the stream's 1-minute windows"
+    assert table(five) == [
+        ("09:05:00", "09:10:00", {"1": 40, "2": 45}),
+        ("09:00:00", "09:05:00", {"1": 15, "2": 20}),
+    ]
+    one = view(stack, fresh_db, 1)
+    assert one["rolled_up"] and one["note"] == "" and len(one["windows"]) == 10
+
+
+def test_live_view_with_five_minute_tumbling_windows(stack, fresh_db) -> None:
+    put_windows(
+        stack, fresh_db, [("09:00:00", 300, 1, 3), ("09:05:00", 300, 1, 4), ("09:10:00", 300, 2, 5)]
+    )
+    assert table(view(stack, fresh_db, 5)) == [
+        ("09:10:00", "09:15:00", {"2": 5}),
+        ("09:05:00", "09:10:00", {"1": 4}),
+        ("09:00:00", "09:05:00", {"1": 3}),
+    ]
+    assert table(view(stack, fresh_db, 15)) == [("09:00:00", "09:15:00", {"1": 7, "2": 5})]
+    # a minute cannot be cut out of five: the stream's own windows, said so
+    one = view(stack, fresh_db, 1)
+    assert not one["rolled_up"] and one["window_seconds"] == 300
+    assert len(one["windows"]) == 3 and "cannot be made of" in one["note"]
+
+
+def test_live_view_shows_sliding_windows_as_they_are(stack, fresh_db) -> None:
+    # 1-minute windows every 30 s: an event is in two of them, a sum would count it twice
+    put_windows(
+        stack,
+        fresh_db,
+        [("09:00:00", 60, 1, 2), ("09:00:30", 60, 1, 3), ("09:01:00", 60, 1, 1)],
+    )
+    for minutes in (1, 5, 60):
+        got = view(stack, fresh_db, minutes)
+        assert not got["rolled_up"] and "overlap" in got["note"]
+        assert table(got) == [
+            ("09:01:00", "09:02:00", {"1": 1}),
+            ("09:00:30", "09:01:30", {"1": 3}),
+            ("09:00:00", "09:01:00", {"1": 2}),
+        ]
+
+
+def test_live_view_follows_the_streams_current_window_length(stack, fresh_db) -> None:
+    put_windows(stack, fresh_db, [("09:00:00", 60, 1, 2), ("09:01:00", 60, 1, 3)], age_s=3600)
+    put_windows(stack, fresh_db, [("09:00:00", 300, 1, 5), ("09:05:00", 300, 1, 1)])
+    assert table(view(stack, fresh_db, 15)) == [("09:00:00", "09:15:00", {"1": 6})]
+
+
+def test_live_view_of_an_empty_table(stack, fresh_db) -> None:
+    assert view(stack, fresh_db, 5)["windows"] == []
 
 
 # ---------------------------------------------------------------- standalone cluster
@@ -210,62 +462,65 @@ def test_same_job_runs_on_a_standalone_cluster(stack, fresh_db, topic, tmp_path)
     env["SPARK_WORKER_DIR"] = str(tmp_path / "work")
     logs = ARTIFACTS / "cluster"
     logs.mkdir(parents=True, exist_ok=True)
-    master = subprocess.Popen(
-        [
-            spark_class,
-            "org.apache.spark.deploy.master.Master",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "7177",
-            "--webui-port",
-            "8177",
-        ],
-        stdout=open(logs / "master.log", "wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    worker = subprocess.Popen(
-        [
-            spark_class,
-            "org.apache.spark.deploy.worker.Worker",
-            "spark://127.0.0.1:7177",
-            "--host",
-            "127.0.0.1",
-            "--cores",
-            "2",
-            "--memory",
-            "1g",
-            "--webui-port",
-            "8178",
-        ],
-        stdout=open(logs / "worker.log", "wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    job = None
+    procs: list[subprocess.Popen] = []
     try:
+        with open(logs / "master.log", "wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        spark_class,
+                        "org.apache.spark.deploy.master.Master",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        "7177",
+                        "--webui-port",
+                        "8177",
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            )
+        with open(logs / "worker.log", "wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        spark_class,
+                        "org.apache.spark.deploy.worker.Worker",
+                        "spark://127.0.0.1:7177",
+                        "--host",
+                        "127.0.0.1",
+                        "--cores",
+                        "2",
+                        "--memory",
+                        "1g",
+                        "--webui-port",
+                        "8178",
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            )
         wait_for(
             "a registered worker",
             lambda: "Registering worker" in (logs / "master.log").read_text(),
             timeout=60,
         )
+        ensure_query_id_column(stack, fresh_db)
         load(DAY, 30, 300, dag="cluster")
         publish.run_publish(topic=topic)
-        job = start_job(
-            stack,
-            topic,
-            tmp_path / "ck",
-            logs / "job.log",
-            master="spark://127.0.0.1:7177",
-            extra=[],
+        procs.append(
+            start_job(
+                stack, topic, tmp_path / "ck", logs / "job.log", master="spark://127.0.0.1:7177"
+            )
         )
-        wait_counts_match(stack, fresh_db, job, timeout=240)
+        wait_counts_match(stack, fresh_db, procs[-1], timeout=240)
         assert "app-" in (logs / "master.log").read_text()  # ran as a cluster application
         assert list(Path(env["SPARK_WORKER_DIR"]).glob("app-*/*/stderr"))  # executors ran
     finally:
-        for proc in (job, worker, master):
-            if proc is not None:
-                kill_job(proc)
+        for proc in reversed(procs):
+            kill_job(proc)

@@ -1,0 +1,529 @@
+"""The streaming job's pieces without Kafka or MySQL: parsing, quarantine reasons, counting on
+small static DataFrames, the message contract, and the sink's connections per thread."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import registration_counts as job
+from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql.types import (
+    BinaryType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTRACT = ROOT / "plugins" / "regstream" / "schemas" / "customer_registered.v1.json"
+
+KAFKA_ROW = StructType(
+    [
+        StructField("key", BinaryType()),
+        StructField("value", BinaryType()),
+        StructField("topic", StringType()),
+        StructField("partition", IntegerType()),
+        StructField("offset", LongType()),
+        StructField("timestamp", TimestampType()),
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[SparkSession]:
+    session = (
+        SparkSession.builder.master("local[1]")
+        .appName("test_stream_unit")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "1")
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+    yield session
+    session.stop()
+
+
+def event(event_id: int = 1, **changes: Any) -> dict[str, Any]:
+    """A message value as the publisher writes it."""
+    value = {
+        "schema_version": 1,
+        "event_id": event_id,
+        "event_type": "customer_registered",
+        "customer_id": 500 + event_id,
+        "store_id": 1,
+        "first_name": "ANA",
+        "last_name": "LIMA",
+        "email": None,
+        "address_id": 900 + event_id,
+        "create_date": "2026-11-20T09:00:10Z",
+        "captured_at": "2026-11-20T09:00:10.123456Z",
+    }
+    value.update(changes)
+    return value
+
+
+def kafka_rows(spark: SparkSession, values: list[bytes | dict | None]) -> DataFrame:
+    rows = [
+        (
+            b"1",
+            json.dumps(v).encode() if isinstance(v, dict) else v,
+            "t",
+            0,
+            offset,
+            datetime(2026, 11, 20, 9, 0, 0),
+        )
+        for offset, v in enumerate(values)
+    ]
+    return spark.createDataFrame(rows, KAFKA_ROW)
+
+
+def reasons(spark: SparkSession, values: list[bytes | dict | None]) -> list[str | None]:
+    parsed = job.parse_events(kafka_rows(spark, values))
+    return [r.reason for r in parsed.orderBy("offset").collect()]
+
+
+# ---------------------------------------------------------------- parse_events
+
+
+def test_a_valid_event_is_parsed_with_its_kafka_position(spark) -> None:
+    (row,) = job.parse_events(kafka_rows(spark, [event(7, store_id=2)])).collect()
+    assert row.reason is None
+    assert (row.event_id, row.store_id, row.customer_id) == (7, 2, 507)
+    assert row.create_date == datetime(2026, 11, 20, 9, 0, 10)
+    assert (row.topic, row.partition, row.offset, row.raw_key) == ("t", 0, 0, b"1")
+    assert json.loads(row.raw_value)["event_id"] == 7
+
+
+def test_every_quarantine_reason(spark) -> None:
+    missing = {k: v for k, v in event(3).items() if k != "create_date"}
+    got = reasons(
+        spark,
+        [
+            None,
+            b"this is not json",
+            b"[1, 2, 3]",
+            missing,
+            event(4, store_id="north"),
+            event(5, create_date="yesterday"),
+            event(6, schema_version=9),
+            {**event(7), "event_id": "seven", "customer_id": None},
+        ],
+    )
+    assert got == [
+        "empty value",
+        "not a JSON object",
+        "not a JSON object",
+        "missing field create_date",
+        "wrong type for store_id",
+        "wrong type for create_date",
+        "unsupported schema_version 9",
+        "wrong type for event_id; missing field customer_id",
+    ]
+
+
+@pytest.mark.parametrize("field", job.REQUIRED)
+def test_each_required_field_missing_is_named(spark, field: str) -> None:
+    value = {k: v for k, v in event().items() if k != field}
+    (reason,) = reasons(spark, [value])
+    assert f"missing field {field}" in reason
+
+
+def test_optional_fields_may_be_absent_or_of_any_type(spark) -> None:
+    # The job reads only the required fields; the others are the consumers' business.
+    value = {k: v for k, v in event().items() if k not in ("first_name", "email", "captured_at")}
+    assert reasons(spark, [value, event(2, address_id="n/a")]) == [None, None]
+
+
+# ---------------------------------------------------------------- build_counts
+
+
+def counts(spark: SparkSession, values: list[dict | bytes], **kwargs: Any) -> dict[tuple, int]:
+    out = job.build_counts(job.parse_events(kafka_rows(spark, values)), **kwargs)
+    return {
+        (r.window_start.strftime("%H:%M"), r.window_end.strftime("%H:%M"), r.store_id): (
+            r.registrations
+        )
+        for r in out.collect()
+    }
+
+
+def test_counts_per_store_per_tumbling_window_repeats_once_bad_rows_never(spark) -> None:
+    values = [
+        event(1, create_date="2026-11-20T09:00:10Z"),
+        event(1, create_date="2026-11-20T09:00:10Z"),  # a repeat after a publisher crash
+        event(2, create_date="2026-11-20T09:00:59Z"),
+        event(3, create_date="2026-11-20T09:01:00Z"),
+        event(4, create_date="2026-11-20T09:00:30Z", store_id=2),
+        event(5, create_date="2026-11-20T09:00:30Z", schema_version=2),  # quarantined
+        b"not json",
+    ]
+    assert counts(spark, values) == {
+        ("09:00", "09:01", 1): 2,
+        ("09:01", "09:02", 1): 1,
+        ("09:00", "09:01", 2): 1,
+    }
+
+
+def test_counts_in_longer_tumbling_windows(spark) -> None:
+    values = [event(i, create_date=f"2026-11-20T09:{m:02d}:00Z") for i, m in enumerate([1, 4, 5])]
+    assert counts(spark, values, window="5 minutes") == {
+        ("09:00", "09:05", 1): 2,
+        ("09:05", "09:10", 1): 1,
+    }
+
+
+def test_sliding_windows_count_an_event_in_every_window_it_falls_in(spark) -> None:
+    values = [event(1, create_date="2026-11-20T09:07:00Z")]
+    assert counts(spark, values, window="10 minutes", slide="5 minutes") == {
+        ("09:00", "09:10", 1): 1,
+        ("09:05", "09:15", 1): 1,
+    }
+
+
+# ---------------------------------------------------------------- the contract
+
+
+def test_the_fields_the_job_reads_agree_with_the_message_schema() -> None:
+    contract = json.loads(CONTRACT.read_text())["value"]
+    props = contract["properties"]
+
+    def json_types(spec: dict[str, Any]) -> set[str]:
+        if "const" in spec:
+            return {"integer" if isinstance(spec["const"], int) else "string"}
+        types = spec["type"]
+        return set(types if isinstance(types, list) else [types]) - {"null"}
+
+    spark_to_json = {
+        IntegerType(): ({"integer"}, None),
+        LongType(): ({"integer"}, None),
+        StringType(): ({"string"}, None),
+        TimestampType(): ({"string"}, "date-time"),
+    }
+    assert set(job.REQUIRED) <= set(contract["required"])
+    assert {f.name for f in job.PARSE_SCHEMA.fields} == set(job.REQUIRED)
+    for field in job.EVENT_SCHEMA.fields:
+        assert field.name in props, f"{field.name} is not in the contract"
+        spec = props[field.name]
+        want_types, want_format = spark_to_json[field.dataType]
+        assert json_types(spec) == want_types, (field.name, spec)
+        if want_format:
+            assert spec.get("format") == want_format, (field.name, spec)
+    assert props["schema_version"]["const"] == job.SCHEMA_VERSION
+
+
+def test_the_contract_example_value_parses_as_a_valid_event(spark) -> None:
+    contract = json.loads(CONTRACT.read_text())["value"]
+    value = event(9)
+    assert set(contract["required"]) <= set(value)
+    assert reasons(spark, [value]) == [None]
+
+
+# ---------------------------------------------------------------- sink connections
+
+
+class FakeCursor:
+    def __init__(self, conn: FakeConn) -> None:
+        self.conn = conn
+        self.rowcount = 0
+
+    def _use(self) -> None:
+        self.conn.threads.add(threading.current_thread().name)
+
+    def execute(self, sql: str, params: Any = None) -> None:
+        self._use()
+        self.conn.statements.append(sql)
+        self.result = [(1,)] if "information_schema" in sql else []
+
+    def executemany(self, sql: str, rows: list) -> None:
+        self._use()
+        self.conn.statements.append(sql)
+        self.conn.rows.extend(rows)
+
+    def fetchone(self) -> Any:
+        return self.result[0] if self.result else None
+
+    def close(self) -> None:
+        pass
+
+
+class FakeConn:
+    def __init__(self) -> None:
+        self.threads: set[str] = set()
+        self.statements: list[str] = []
+        self.rows: list[tuple] = []
+        self.closed = False
+
+    def cursor(self) -> FakeCursor:
+        return FakeCursor(self)
+
+    def ping(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeBatch:
+    def __init__(self, rows: list[Row]) -> None:
+        self.rows = rows
+
+    def select(self, *cols: str) -> FakeBatch:
+        return self
+
+    def collect(self) -> list[Row]:
+        return self.rows
+
+
+COUNT_ROW = Row(
+    window_start=datetime(2026, 11, 20, 9, 0),
+    window_end=datetime(2026, 11, 20, 9, 1),
+    store_id=1,
+    registrations=3,
+)
+BAD_ROW = Row(
+    topic="t",
+    partition=0,
+    offset=1,
+    kafka_timestamp=datetime(2026, 11, 20, 9, 0),
+    raw_key=b"1",
+    raw_value="x",
+    reason="not a JSON object",
+)
+PROGRESS = {
+    "name": job.COUNTS_QUERY,
+    "batch_id": 0,
+    "input_rows": 1,
+    "rows_per_second": 1.0,
+    "duration_ms": 5,
+    "watermark": None,
+    "late_rows_dropped": 0,
+    "end_offsets": "{}",
+}
+
+
+@pytest.fixture
+def fake_mysql(monkeypatch: pytest.MonkeyPatch) -> list[FakeConn]:
+    made: list[FakeConn] = []
+
+    def connect(params: dict[str, Any]) -> FakeConn:
+        made.append(FakeConn())
+        return made[-1]
+
+    monkeypatch.setattr(job, "mysql_connect", connect)
+    return made
+
+
+def test_each_thread_writes_through_its_own_connection(fake_mysql) -> None:
+    """The two queries' foreachBatch and the progress listener run on three threads; a MySQLdb
+    connection must never be shared between them."""
+    sink = job.Sink({})
+    sink.set_query_id(job.COUNTS_QUERY, "q-counts")
+    writes = [
+        ("counts", lambda: sink.write_counts(FakeBatch([COUNT_ROW]), 0)),
+        ("quarantine", lambda: sink.write_quarantine(FakeBatch([BAD_ROW]), 0)),
+        ("progress", lambda: sink.write_progress(PROGRESS)),
+    ]
+    done = threading.Event()
+    threads = []
+    try:
+        for name, write in writes:
+            # each thread stays alive until all have written: a finished thread's
+            # connection could otherwise be handed on without anyone sharing it
+            wrote = threading.Event()
+
+            def run(write: Any = write, wrote: threading.Event = wrote) -> None:
+                write()
+                wrote.set()
+                done.wait(30)
+
+            t = threading.Thread(target=run, name=name)
+            t.start()
+            threads.append(t)
+            assert wrote.wait(30)
+        assert all(len(c.threads) == 1 for c in fake_mysql), [c.threads for c in fake_mysql]
+        assert sorted(t for c in fake_mysql for t in c.threads) == sorted(n for n, _ in writes)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(30)
+    sink.close()
+    assert all(c.closed for c in fake_mysql)
+
+
+def test_a_thread_keeps_its_connection_across_batches(fake_mysql) -> None:
+    sink = job.Sink({})
+    sink.set_query_id(job.COUNTS_QUERY, "q-counts")
+    for batch_id in range(3):
+        sink.write_counts(FakeBatch([COUNT_ROW]), batch_id)
+    assert len(fake_mysql) == 1
+    sink.close()
+
+
+def test_counts_are_written_with_the_query_id_of_their_checkpoint(fake_mysql) -> None:
+    sink = job.Sink({})
+    sink.set_query_id(job.COUNTS_QUERY, "3f1c-run")
+    sink.write_counts(FakeBatch([COUNT_ROW]), 4)
+    (conn,) = fake_mysql
+    assert conn.rows == [
+        (COUNT_ROW.window_start, COUNT_ROW.window_end, 1, 3, 4, "3f1c-run"),
+    ]
+    assert "query_id" in conn.statements[-1]
+    sink.close()
+
+
+def test_a_batch_waits_for_its_query_id_and_fails_clearly_without_it(fake_mysql) -> None:
+    sink = job.Sink({}, query_id_timeout_s=0.1)
+    with pytest.raises(RuntimeError, match="query id of registration_counts"):
+        sink.write_counts(FakeBatch([COUNT_ROW]), 0)
+    sink.close()
+
+
+# ---------------------------------------------------------------- stopping
+
+
+class FakeStreams:
+    def __init__(self) -> None:
+        self.terminated = threading.Event()
+
+    def awaitAnyTermination(self) -> None:
+        assert self.terminated.wait(30), "no query terminated"
+
+
+class FakeSpark:
+    def __init__(self) -> None:
+        self.streams = FakeStreams()
+
+
+class FakeQuery:
+    def __init__(self, name: str, spark: FakeSpark, error: str | None = None) -> None:
+        self.name = name
+        self.spark = spark
+        self.error = error
+        self.stopped = False
+
+    @property
+    def isActive(self) -> bool:
+        return not self.stopped
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return {"isTriggerActive": False}
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.spark.streams.terminated.set()
+
+    def exception(self) -> str | None:
+        return self.error
+
+
+def send_when_handled(sig: int, failures: list[str]) -> threading.Thread:
+    """Send `sig` to this process once the job's handler is installed (never before: the
+    default action would end the test run)."""
+    default = signal.getsignal(sig)
+
+    def send() -> None:
+        deadline = time.monotonic() + 30
+        while signal.getsignal(sig) == default:
+            if time.monotonic() > deadline:
+                failures.append(f"no handler for {sig!r} was installed")
+                return
+            time.sleep(0.01)
+        os.kill(os.getpid(), sig)
+
+    t = threading.Thread(target=send)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_both_queries_and_the_job_exits_0(tmp_path, caplog, sig) -> None:
+    spark = FakeSpark()
+    queries = [FakeQuery(job.COUNTS_QUERY, spark), FakeQuery(job.QUARANTINE_QUERY, spark)]
+    before = signal.getsignal(sig)
+    failures: list[str] = []
+    sender = send_when_handled(sig, failures)
+    caplog.set_level(logging.INFO, logger="registration_counts")
+    try:
+        assert job.run_until_stopped(spark, queries, tmp_path / "STOP") == 0
+    finally:
+        sender.join(30)
+    assert not failures
+    assert all(q.stopped for q in queries)
+    assert signal.getsignal(sig) == before  # handlers restored
+    assert f"stopped cleanly ({signal.Signals(sig).name})" in caplog.text
+
+
+def test_the_stop_file_stops_the_job_and_is_removed(tmp_path) -> None:
+    spark = FakeSpark()
+    queries = [FakeQuery(job.COUNTS_QUERY, spark), FakeQuery(job.QUARANTINE_QUERY, spark)]
+    stop = tmp_path / "STOP"
+    toucher = threading.Timer(0.2, stop.touch)
+    toucher.start()
+    try:
+        assert job.run_until_stopped(spark, queries, stop, stop_file_poll_s=0.05) == 0
+    finally:
+        toucher.cancel()
+    assert all(q.stopped for q in queries)
+    assert not stop.exists()
+
+
+def test_a_stale_stop_file_does_not_stop_a_new_job(tmp_path) -> None:
+    spark = FakeSpark()
+    queries = [FakeQuery(job.COUNTS_QUERY, spark)]
+    stop = tmp_path / "STOP"
+    stop.touch()
+    stopper = threading.Timer(0.5, queries[0].stop)  # stands in for a failing query
+    stopper.start()
+    try:
+        assert job.run_until_stopped(spark, queries, stop, stop_file_poll_s=0.05) == 1
+    finally:
+        stopper.cancel()
+
+
+def test_a_failed_query_stops_the_other_and_the_job_exits_1(tmp_path, caplog) -> None:
+    spark = FakeSpark()
+    failed = FakeQuery(job.COUNTS_QUERY, spark, error="Kafka topic deleted")
+    other = FakeQuery(job.QUARANTINE_QUERY, spark)
+    spark.streams.terminated.set()
+    assert job.run_until_stopped(spark, [failed, other], tmp_path / "STOP") == 1
+    assert other.stopped
+    assert "registration_counts: Kafka topic deleted" in caplog.text
+
+
+def test_a_running_batch_is_let_finish_before_its_query_is_stopped(tmp_path) -> None:
+    class BusyQuery(FakeQuery):
+        checks = 0
+
+        @property
+        def status(self) -> dict[str, Any]:
+            self.checks += 1
+            return {"isTriggerActive": self.checks < 3}
+
+        def stop(self) -> None:
+            assert self.checks == 3, "stopped in the middle of a batch"
+            super().stop()
+
+    spark = FakeSpark()
+    busy = BusyQuery(job.COUNTS_QUERY, spark)
+    stop = tmp_path / "STOP"
+    toucher = threading.Timer(0.1, stop.touch)
+    toucher.start()
+    try:
+        assert job.run_until_stopped(spark, [busy], stop, stop_file_poll_s=0.05) == 0
+    finally:
+        toucher.cancel()
+    assert busy.stopped
