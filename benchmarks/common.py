@@ -37,18 +37,8 @@ def fresh(s: config.Settings) -> tuple[str, str]:
     """A new database (pointed at by every role connection) and topic name."""
     name = f"bench_{uuid.uuid4().hex[:8]}"
     services.apply_schema(s, database=name)
-    pw = config.secrets_for(s)
-    for role, user in config.ROLES.items():
-        os.environ[f"AIRFLOW_CONN_MYSQL_{role.upper()}"] = json.dumps(
-            {
-                "conn_type": "mysql",
-                "host": "127.0.0.1",
-                "port": s.mysql_port,
-                "login": user,
-                "password": pw[f"REG_{role.upper()}_PASSWORD"],
-                "schema": name,
-            }
-        )
+    for role in config.ROLES:
+        os.environ[f"AIRFLOW_CONN_MYSQL_{role.upper()}"] = config.mysql_conn_json(s, role, name)
     os.environ["REGSTREAM_TOPIC"] = name
     return name, name
 

@@ -28,6 +28,7 @@ from regstream.settings import (
     keep_only_connections,
     spark_submit_conf,
     state_dir,
+    stream_job_args,
 )
 
 JOB = Path(__file__).resolve().parent.parent / "spark_jobs" / "registration_counts.py"
@@ -50,24 +51,9 @@ def stream_registration_counts() -> None:
         conn_id=SPARK_CONN_ID,
         application=str(JOB),
         name="registration_counts",
-        jars=os.environ.get("REGSTREAM_SPARK_JARS", ""),
+        jars=os.environ.get("REGSTREAM_SPARK_JARS", ""),  # set by stackctl / compose
         conf=spark_submit_conf(),
-        application_args=[
-            "--bootstrap",
-            os.environ.get("REGSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-            "--topic",
-            os.environ.get("REGSTREAM_TOPIC", "customer_registrations"),
-            "--checkpoint-dir",
-            str(CHECKPOINTS),
-            "--window",
-            os.environ.get("REGSTREAM_WINDOW", "1 minute"),
-            "--lateness",
-            os.environ.get("REGSTREAM_LATENESS", "7 days"),
-            "--trigger",
-            os.environ.get("REGSTREAM_TRIGGER", "1 second"),
-            "--progress-retention-days",
-            os.environ.get("REGSTREAM_PROGRESS_RETENTION_DAYS", "7"),
-        ],
+        application_args=stream_job_args(CHECKPOINTS),
         verbose=False,
         # the Spark driver gets the stream role's credentials and nothing else
         pre_execute=keep_only_connections(MYSQL_STREAM_CONN_ID, SPARK_CONN_ID),

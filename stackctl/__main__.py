@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in services.airflow_env(s).items():
                 if k.startswith(("AIRFLOW", "REGSTREAM")):
                     print(f"export {k}={shlex.quote(v)}")
-    except (services.ServiceError, supervisor.SupervisorError) as exc:
+    except (services.ServiceError, supervisor.SupervisorError, ValueError) as exc:
         log.error("%s", exc)
         return 1
     return 0

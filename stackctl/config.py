@@ -71,7 +71,27 @@ PROFILES["test-cluster"] = dataclasses.replace(
 )
 
 DATABASE = "sakila"
-TOPIC = "customer_registrations"
+
+# Every default of the platform's own settings, in one place. stackctl passes them to Airflow
+# and the tests; the DAGs, the tasks and the Spark job's arguments read them through
+# regstream.settings; docker-compose.yaml sets the same values (tests/unit/test_docker_compose
+# compares them). Each can be overridden by the environment variable of the same name.
+DEFAULTS: dict[str, str] = {
+    "REGSTREAM_TOPIC": "customer_registrations",
+    "REGSTREAM_TOPIC_PARTITIONS": "2",
+    "REGSTREAM_TOPIC_REPLICATION": "1",
+    "REGSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:9092",
+    "REGSTREAM_WINDOW": "1 minute",
+    "REGSTREAM_LATENESS": "7 days",
+    "REGSTREAM_TRIGGER": "1 second",
+    "REGSTREAM_PROGRESS_RETENTION_DAYS": "7",
+    "REGSTREAM_GAP_MAX_WAIT_S": "0",
+    "REGSTREAM_MAX_PUBLISH_DELAY_S": "60",
+    "REGSTREAM_MAX_STREAM_DELAY_S": "60",
+    "REGSTREAM_SPARK_SHUFFLE_PARTITIONS": "2",
+    "REGSTREAM_SPARK_DRIVER_MEMORY": "1g",
+}
+TOPIC = DEFAULTS["REGSTREAM_TOPIC"]
 
 # MySQL roles: each Airflow connection id maps to one of them.
 ROLES = {
@@ -82,14 +102,20 @@ ROLES = {
 }
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
+def setting(name: str) -> str:
+    """A platform setting: the environment's value, else its default."""
+    return os.environ.get(name, "").strip() or DEFAULTS[name]
+
+
+def env_int(name: str, default: int | None = None) -> int:
+    """An integer from the environment (else `default`, else DEFAULTS), or a clear error."""
+    raw = os.environ.get(name, "").strip()
+    if raw == "":
+        return default if default is not None else int(DEFAULTS[name])
     try:
         return int(raw)
-    except ValueError as exc:
-        raise SystemExit(f"{name}={raw!r} is not an integer") from exc
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} must be an integer") from None
 
 
 @dataclass(frozen=True)
@@ -190,25 +216,31 @@ def load(profile: str | None = None) -> Settings:
     return Settings(
         profile=profile,
         state=state,
-        mysql_port=_env_int("REG_MYSQL_PORT", p.mysql),
-        kafka_port=_env_int("REG_KAFKA_PORT", p.kafka),
-        kafka_controller_port=_env_int("REG_KAFKA_CONTROLLER_PORT", p.controller),
-        airflow_port=_env_int("REG_AIRFLOW_PORT", p.airflow),
-        airflow_parallelism=_env_int("REG_AIRFLOW_PARALLELISM", 4),
-        airflow_api_workers=_env_int("REG_AIRFLOW_API_WORKERS", 2),
-        pg_port=_env_int("REG_PG_PORT", p.pg),
-        kafka_heap_mb=_env_int("REG_KAFKA_HEAP_MB", 512 if p.kafka_nodes == 1 else 384),
-        spark_shuffle_partitions=_env_int("REG_SPARK_SHUFFLE_PARTITIONS", 2),
-        spark_driver_memory=os.environ.get("REG_SPARK_DRIVER_MEMORY", "1g"),
+        mysql_port=env_int("REG_MYSQL_PORT", p.mysql),
+        kafka_port=env_int("REG_KAFKA_PORT", p.kafka),
+        kafka_controller_port=env_int("REG_KAFKA_CONTROLLER_PORT", p.controller),
+        airflow_port=env_int("REG_AIRFLOW_PORT", p.airflow),
+        airflow_parallelism=env_int("REG_AIRFLOW_PARALLELISM", 4),
+        airflow_api_workers=env_int("REG_AIRFLOW_API_WORKERS", 2),
+        pg_port=env_int("REG_PG_PORT", p.pg),
+        kafka_heap_mb=env_int("REG_KAFKA_HEAP_MB", 512 if p.kafka_nodes == 1 else 384),
+        spark_shuffle_partitions=env_int(
+            "REG_SPARK_SHUFFLE_PARTITIONS", int(DEFAULTS["REGSTREAM_SPARK_SHUFFLE_PARTITIONS"])
+        ),
+        spark_driver_memory=os.environ.get(
+            "REG_SPARK_DRIVER_MEMORY", DEFAULTS["REGSTREAM_SPARK_DRIVER_MEMORY"]
+        ),
         spark_master=os.environ.get("REG_SPARK_MASTER", master),
-        topic_partitions=_env_int("REG_TOPIC_PARTITIONS", 2),
+        topic_partitions=env_int(
+            "REG_TOPIC_PARTITIONS", int(DEFAULTS["REGSTREAM_TOPIC_PARTITIONS"])
+        ),
         kafka_nodes=p.kafka_nodes,
         executor=p.executor,
-        celery_workers=_env_int("REG_CELERY_WORKERS", p.celery_workers),
-        spark_workers=_env_int("REG_SPARK_WORKERS", p.spark_workers),
-        spark_master_port=_env_int("REG_SPARK_MASTER_PORT", p.spark_master_port),
-        spark_master_ui=_env_int("REG_SPARK_MASTER_UI_PORT", p.spark_master_ui),
-        redis_port=_env_int("REG_REDIS_PORT", p.redis),
+        celery_workers=env_int("REG_CELERY_WORKERS", p.celery_workers),
+        spark_workers=env_int("REG_SPARK_WORKERS", p.spark_workers),
+        spark_master_port=env_int("REG_SPARK_MASTER_PORT", p.spark_master_port),
+        spark_master_ui=env_int("REG_SPARK_MASTER_UI_PORT", p.spark_master_ui),
+        redis_port=env_int("REG_REDIS_PORT", p.redis),
         spark_worker_memory=os.environ.get("REG_SPARK_WORKER_MEMORY", "1g"),
     )
 
@@ -296,6 +328,7 @@ def connection_env(s: Settings) -> dict[str, str]:
     env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps(
         {"conn_type": "spark", "host": s.spark_master, "extra": {"deploy-mode": "client"}}
     )
+    env.update({k: v for k, v in DEFAULTS.items()})
     env.update(
         {
             "REGSTREAM_TOPIC": TOPIC,

@@ -1,4 +1,5 @@
-"""Package settings from the environment (set by stackctl or docker-compose), with defaults."""
+"""The package's settings: the environment (set by stackctl or docker-compose), else the
+defaults, which live in one place: stackctl.config.DEFAULTS."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from stackctl.config import env_int, setting
 
 # Airflow connection ids, one per MySQL role, plus Kafka and Spark.
 MYSQL_INGEST_CONN_ID = "mysql_ingest"
@@ -16,26 +19,20 @@ KAFKA_CONN_ID = "kafka_default"
 SPARK_CONN_ID = "spark_default"
 
 
-def env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    if raw.strip() == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {name}={raw!r} must be an integer") from exc
-
-
 def topic() -> str:
-    return os.environ.get("REGSTREAM_TOPIC", "customer_registrations")
+    return setting("REGSTREAM_TOPIC")
 
 
 def topic_partitions() -> int:
-    return env_int("REGSTREAM_TOPIC_PARTITIONS", 2)
+    return env_int("REGSTREAM_TOPIC_PARTITIONS")
 
 
 def topic_replication() -> int:
-    return env_int("REGSTREAM_TOPIC_REPLICATION", 1)
+    return env_int("REGSTREAM_TOPIC_REPLICATION")
+
+
+def kafka_bootstrap() -> str:
+    return setting("REGSTREAM_KAFKA_BOOTSTRAP")
 
 
 def state_dir() -> Path:
@@ -44,17 +41,17 @@ def state_dir() -> Path:
 
 def max_publish_delay_s() -> int:
     """Alert when the oldest unpublished event is older than this."""
-    return env_int("REGSTREAM_MAX_PUBLISH_DELAY_S", 60)
+    return env_int("REGSTREAM_MAX_PUBLISH_DELAY_S")
 
 
 def max_stream_delay_s() -> int:
     """Alert when events published this long ago are not yet in a micro-batch."""
-    return env_int("REGSTREAM_MAX_STREAM_DELAY_S", 60)
+    return env_int("REGSTREAM_MAX_STREAM_DELAY_S")
 
 
 def gap_max_wait_s() -> int:
     """0 = wait for open transactions forever (never skip an id that may still commit)."""
-    return env_int("REGSTREAM_GAP_MAX_WAIT_S", 0)
+    return env_int("REGSTREAM_GAP_MAX_WAIT_S")
 
 
 # ParallelGC: the first micro-batch (JIT warm-up) runs ~20% faster than with G1 on 2 cores;
@@ -67,8 +64,8 @@ def spark_submit_conf() -> dict[str, str]:
     for the Airflow DAG and the tests. On a standalone cluster the executors get
     REGSTREAM_SPARK_EXECUTOR_MEMORY each and REGSTREAM_SPARK_CORES_MAX cores in all."""
     conf = {
-        "spark.sql.shuffle.partitions": str(env_int("REGSTREAM_SPARK_SHUFFLE_PARTITIONS", 2)),
-        "spark.driver.memory": os.environ.get("REGSTREAM_SPARK_DRIVER_MEMORY", "1g"),
+        "spark.sql.shuffle.partitions": str(env_int("REGSTREAM_SPARK_SHUFFLE_PARTITIONS")),
+        "spark.driver.memory": setting("REGSTREAM_SPARK_DRIVER_MEMORY"),
         "spark.driver.extraJavaOptions": SPARK_JAVA_OPTIONS,
         "spark.executor.extraJavaOptions": SPARK_JAVA_OPTIONS,
         "spark.ui.enabled": "false",
@@ -78,6 +75,26 @@ def spark_submit_conf() -> dict[str, str]:
     if os.environ.get("REGSTREAM_SPARK_CORES_MAX"):
         conf["spark.cores.max"] = os.environ["REGSTREAM_SPARK_CORES_MAX"]
     return conf
+
+
+def stream_job_args(checkpoints: Path) -> list[str]:
+    """The streaming job's arguments (its `Usage:` docstring), from the settings."""
+    return [
+        "--bootstrap",
+        kafka_bootstrap(),
+        "--topic",
+        topic(),
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--window",
+        setting("REGSTREAM_WINDOW"),
+        "--lateness",
+        setting("REGSTREAM_LATENESS"),
+        "--trigger",
+        setting("REGSTREAM_TRIGGER"),
+        "--progress-retention-days",
+        setting("REGSTREAM_PROGRESS_RETENTION_DAYS"),
+    ]
 
 
 # Secrets of Airflow itself that a task's children never need.
