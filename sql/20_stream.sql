@@ -8,10 +8,17 @@ CREATE TABLE IF NOT EXISTS registrations_per_window (
   store_id SMALLINT UNSIGNED NOT NULL,
   registrations BIGINT UNSIGNED NOT NULL,
   batch_id BIGINT NOT NULL,
+  query_id CHAR(36) NULL COMMENT 'the streaming query (checkpoint) that wrote the count',
   last_updated TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
   PRIMARY KEY (window_start, window_end, store_id),
   KEY idx_window_end (window_end)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Tables made before query_id existed: batch ids restart at 0 with a new checkpoint, so the
+-- upsert needs the query id to let a new checkpoint take existing windows over.
+ALTER TABLE registrations_per_window
+  ADD COLUMN IF NOT EXISTS query_id CHAR(36) NULL
+  COMMENT 'the streaming query (checkpoint) that wrote the count' AFTER batch_id;
 
 -- Messages the job could not use, with the raw value and why; keyed by their Kafka position.
 CREATE TABLE IF NOT EXISTS stream_quarantine (
