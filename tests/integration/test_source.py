@@ -44,7 +44,11 @@ def test_each_role_can_do_only_what_it_was_granted(stack, fresh_db) -> None:
         ("reader", "SELECT * FROM customer"),
         ("reader", "SELECT email FROM users_change_events"),
         ("stream", "DELETE FROM registrations_per_window"),
-        ("reader", "INSERT INTO registrations_per_window VALUES (NOW(), NOW(), 1, 1, 0, NOW())"),
+        (
+            "reader",
+            "INSERT INTO registrations_per_window (window_start, window_end, store_id, "
+            "registrations, batch_id) VALUES (NOW(), NOW(), 1, 1, 0)",
+        ),
         ("reader", "UPDATE latest_cdc_timestamp SET last_event_id = 0"),
     ]
     for role, sql in denied:
