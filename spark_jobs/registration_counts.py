@@ -302,7 +302,8 @@ class Sink:
 
     def _forget(self, conn: Any) -> None:
         with self._conns_lock:
-            self._conns.remove(conn)
+            if conn in self._conns:
+                self._conns.remove(conn)
         try:
             conn.close()
         except MySQLdb.Error:

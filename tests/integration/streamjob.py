@@ -86,6 +86,40 @@ def driver_pid(proc: subprocess.Popen, timeout: float = 60) -> int:
     return wait_for("the job's Python driver process", find, timeout)
 
 
+def wait_started(
+    proc: subprocess.Popen, log: Path, starts_before: int, timeout: float = 180
+) -> None:
+    """Until the job logs that both queries run (its start after `starts_before` others)."""
+
+    def started() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the streaming job exited with {proc.returncode}; see {log}")
+        return len(query_ids(log)) > starts_before
+
+    wait_for("the streaming job to start its queries", started, timeout, 0.5)
+
+
+def create_topic(s: config.Settings, topic: str, partitions: int = 2, timeout: float = 30) -> None:
+    """The topic, as the publisher makes it, before a job subscribes: a job that finds no topic
+    fails (Airflow retries it), and a producer's auto-create would race the job's start."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    new = NewTopic(topic, num_partitions=partitions, replication_factor=1)
+    admin.create_topics([new])[topic].result(timeout)
+
+    def ready() -> bool:
+        meta = admin.list_topics(topic, timeout=5).topics.get(topic)
+        return (
+            meta is not None
+            and meta.error is None
+            and len(meta.partitions) == partitions
+            and all(p.leader >= 0 for p in meta.partitions.values())
+        )
+
+    wait_for(f"every partition of {topic} to have a leader", ready, timeout)
+
+
 def stop_job(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
     """Signal the Python driver as an operator would; spark-submit's exit code."""
     os.kill(driver_pid(proc), sig)

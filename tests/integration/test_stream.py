@@ -34,12 +34,14 @@ from tests.conftest import (
     wait_for,
 )
 from tests.integration.streamjob import (
+    create_topic,
     ensure_query_id_column,
     kill_job,
     query_ids,
     start_job,
     stop_job,
     wait_counts_match,
+    wait_started,
 )
 
 pytestmark = pytest.mark.integration
@@ -66,34 +68,34 @@ def total_between(counts: dict[tuple, int], start: datetime, end: datetime) -> i
 @pytest.fixture(scope="module")
 def shared(stack, tmp_path_factory) -> Iterator[dict[str, Any]]:
     """The module's database, topic and job; the job is killed at the end whatever happened."""
-    mp = pytest.MonkeyPatch()
-    database = f"s_{uuid.uuid4().hex[:8]}"
     topic = f"s_{uuid.uuid4().hex[:8]}"
-    services.apply_schema(stack, database=database)
-    ensure_query_id_column(stack, database)
-    point_connections_at(stack, database, mp)
-    mp.setenv("REGSTREAM_TOPIC", topic)
-    ck = tmp_path_factory.mktemp("spark") / "checkpoints"
     state: dict[str, Any] = {
-        "db": database,
+        "db": f"s_{uuid.uuid4().hex[:8]}",
         "topic": topic,
-        "ck": ck,
+        "ck": tmp_path_factory.mktemp("spark") / "checkpoints",
         "log": ARTIFACTS / f"stream-{topic}.log",
         "proc": None,
     }
-    try:
-        yield state
-    finally:
-        if state["proc"] is not None:
-            kill_job(state["proc"])
-        mp.undo()
+    with pytest.MonkeyPatch.context() as mp:
+        try:
+            services.apply_schema(stack, database=state["db"])
+            ensure_query_id_column(stack, state["db"])
+            point_connections_at(stack, state["db"], mp)
+            mp.setenv("REGSTREAM_TOPIC", topic)
+            create_topic(stack, topic)
+            yield state
+        finally:
+            if state["proc"] is not None:
+                kill_job(state["proc"])
 
 
 @pytest.fixture
 def env(stack, shared) -> dict[str, Any]:
     """The shared job, started if it is not running (first test, or a test stopped it)."""
     if shared["proc"] is None or shared["proc"].poll() is not None:
+        starts = len(query_ids(shared["log"])) if shared["log"].exists() else 0
         shared["proc"] = start_job(stack, shared["topic"], shared["ck"], shared["log"])
+        wait_started(shared["proc"], shared["log"], starts)
     return shared
 
 
@@ -285,6 +287,7 @@ def test_a_new_checkpoint_still_updates_existing_windows(stack, fresh_db, topic,
     window = DAY + timedelta(hours=7)
     ck, log = tmp_path / "checkpoints", ARTIFACTS / f"stream-{topic}.log"
     cur = root_conn(stack, fresh_db).cursor()
+    create_topic(stack, topic)
     procs = [start_job(stack, topic, ck, log)]
     try:
         for i in range(5):  # a batch each: the window's batch id climbs
