@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import registration_counts as job
+from pyspark import SparkContext
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql.types import (
     BinaryType,
@@ -52,8 +53,16 @@ def spark() -> Iterator[SparkSession]:
         .config("spark.sql.session.timeZone", "UTC")
         .getOrCreate()
     )
-    yield session
-    session.stop()
+    gateway = SparkContext._gateway
+    try:
+        yield session
+    finally:
+        session.stop()
+        # and the JVM: it would otherwise idle until the whole test run ends
+        SparkContext._gateway = SparkContext._jvm = None
+        gateway.shutdown()
+        gateway.proc.stdin.close()  # the JVM exits when its stdin closes
+        gateway.proc.wait(timeout=60)
 
 
 def event(event_id: int = 1, **changes: Any) -> dict[str, Any]:
