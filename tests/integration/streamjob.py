@@ -131,24 +131,6 @@ def query_ids(log: Path) -> list[str]:
     return re.findall(r"started: topic .*\(query id ([0-9a-f-]+)\)", log.read_text())
 
 
-# What sql/20_stream.sql adds for the upsert's checkpoint identity (MySQL 8 has no ADD COLUMN
-# IF NOT EXISTS); idempotent, so harmless once the schema file has it.
-QUERY_ID_COLUMN = """
-SET @ddl = IF((SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()
-                 AND TABLE_NAME = 'registrations_per_window' AND COLUMN_NAME = 'query_id') = 0,
-  'ALTER TABLE registrations_per_window ADD COLUMN query_id CHAR(36) NULL AFTER batch_id',
-  'DO 0')
-"""
-
-
-def ensure_query_id_column(s: config.Settings, database: str) -> None:
-    cur = root_conn(s, database).cursor()
-    cur.execute(QUERY_ID_COLUMN)
-    cur.execute("PREPARE add_query_id FROM @ddl")
-    cur.execute("EXECUTE add_query_id")
-    cur.execute("DEALLOCATE PREPARE add_query_id")
-
-
 def ground_truth(s: config.Settings, database: str, minutes: int = 1) -> dict[tuple, int]:
     cur = root_conn(s, database).cursor()
     cur.execute(

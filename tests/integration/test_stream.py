@@ -35,7 +35,6 @@ from tests.conftest import (
 )
 from tests.integration.streamjob import (
     create_topic,
-    ensure_query_id_column,
     kill_job,
     query_ids,
     start_job,
@@ -79,7 +78,6 @@ def shared(stack, tmp_path_factory) -> Iterator[dict[str, Any]]:
     with pytest.MonkeyPatch.context() as mp:
         try:
             services.apply_schema(stack, database=state["db"])
-            ensure_query_id_column(stack, state["db"])
             point_connections_at(stack, state["db"], mp)
             mp.setenv("REGSTREAM_TOPIC", topic)
             create_topic(stack, topic)
@@ -283,7 +281,6 @@ def test_sigterm_stops_cleanly_and_a_restart_resumes_from_the_checkpoint(stack, 
 def test_a_new_checkpoint_still_updates_existing_windows(stack, fresh_db, topic, tmp_path) -> None:
     """A job of its own: a new checkpoint recounts the whole topic, which would also count
     what the shared job's tests made it drop as too late."""
-    ensure_query_id_column(stack, fresh_db)
     window = DAY + timedelta(hours=7)
     ck, log = tmp_path / "checkpoints", ARTIFACTS / f"stream-{topic}.log"
     cur = root_conn(stack, fresh_db).cursor()
@@ -328,7 +325,6 @@ def count_of(cur: Any, window: tuple) -> int:
 def test_upsert_keeps_a_runs_newest_batch_and_lets_a_new_checkpoint_take_over(
     stack, fresh_db
 ) -> None:
-    ensure_query_id_column(stack, fresh_db)
     sink = job.Sink(job.mysql_params("AIRFLOW_CONN_MYSQL_STREAM"))  # the stream role
     cur = root_conn(stack, fresh_db).cursor()
     w = (datetime(2026, 11, 20, 9, 0), datetime(2026, 11, 20, 9, 1), 1)
@@ -513,7 +509,6 @@ def test_same_job_runs_on_a_standalone_cluster(stack, fresh_db, topic, tmp_path)
             lambda: "Registering worker" in (logs / "master.log").read_text(),
             timeout=60,
         )
-        ensure_query_id_column(stack, fresh_db)
         load(DAY, 30, 300, dag="cluster")
         publish.run_publish(topic=topic)
         procs.append(
