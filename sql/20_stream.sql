@@ -16,9 +16,14 @@ CREATE TABLE IF NOT EXISTS registrations_per_window (
 
 -- Tables made before query_id existed: batch ids restart at 0 with a new checkpoint, so the
 -- upsert needs the query id to let a new checkpoint take existing windows over.
-ALTER TABLE registrations_per_window
-  ADD COLUMN IF NOT EXISTS query_id CHAR(36) NULL
-  COMMENT 'the streaming query (checkpoint) that wrote the count' AFTER batch_id;
+-- (information_schema and a prepared statement: ADD COLUMN IF NOT EXISTS is MariaDB-only)
+SET @ddl = IF((SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()
+                 AND TABLE_NAME = 'registrations_per_window' AND COLUMN_NAME = 'query_id') = 0,
+  'ALTER TABLE registrations_per_window ADD COLUMN query_id CHAR(36) NULL AFTER batch_id',
+  'DO 0');
+PREPARE add_query_id FROM @ddl;
+EXECUTE add_query_id;
+DEALLOCATE PREPARE add_query_id;
 
 -- Messages the job could not use, with the raw value and why; keyed by their Kafka position.
 CREATE TABLE IF NOT EXISTS stream_quarantine (

@@ -225,9 +225,22 @@ def shutdown(s: Settings, timeout: float = 120) -> None:
     ctl(s, "shutdown", check=False)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _gone(pid):
             return
         time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
+
+
+def _gone(pid: int) -> bool:
+    """True once supervisord has exited. When this process started it (a test session),
+    the exited daemon is our zombie until reaped, and os.kill(pid, 0) still succeeds."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == pid
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
