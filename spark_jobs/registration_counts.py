@@ -591,16 +591,17 @@ def run_until_stopped(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from regstream.settings import kafka_bootstrap, setting, topic
+
     p = argparse.ArgumentParser(description="per-store registration counts per window")
-    p.add_argument(
-        "--bootstrap", default=os.environ.get("REGSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
-    )
-    p.add_argument("--topic", default=os.environ.get("REGSTREAM_TOPIC", "customer_registrations"))
+    # defaults: the platform's settings (stackctl.config.DEFAULTS, or the environment)
+    p.add_argument("--bootstrap", default=kafka_bootstrap())
+    p.add_argument("--topic", default=topic())
     p.add_argument("--checkpoint-dir", required=True)
-    p.add_argument("--window", default="1 minute", help="window length (default 1 minute)")
+    p.add_argument("--window", default=setting("REGSTREAM_WINDOW"), help="window length")
     p.add_argument("--slide", default=None, help="slide for sliding windows (default: tumbling)")
-    p.add_argument("--lateness", default="7 days", help="allowed lateness (default 7 days)")
-    p.add_argument("--trigger", default="1 second", help="micro-batch interval (default 1 s)")
+    p.add_argument("--lateness", default=setting("REGSTREAM_LATENESS"), help="allowed lateness")
+    p.add_argument("--trigger", default=setting("REGSTREAM_TRIGGER"), help="micro-batch interval")
     p.add_argument("--max-offsets-per-trigger", type=int, default=500_000)
     p.add_argument("--starting-offsets", default="earliest")
     p.add_argument(
@@ -617,7 +618,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--progress-retention-days",
         type=int,
-        default=7,
+        default=int(setting("REGSTREAM_PROGRESS_RETENTION_DAYS")),
         help="keep stream_progress rows this long, 0 = forever (default 7; rows that "
         "recorded dropped late events are always kept)",
     )
