@@ -66,7 +66,6 @@ __all__ = [
 ]
 
 
-
 @dataclass
 class PublishResult:
     before: Watermark
