@@ -10,7 +10,8 @@ database every 5 minutes. The people of a run are a function of the DAG and its 
   `airflow backfill create --dag-id ingest_fake_customers --from-date 2026-11-01T00:00:00 --to-date 2026-11-01T01:00:00`
 
 The AFTER INSERT trigger on `customer` records each registration in `users_change_events`;
-this DAG then updates the `customer_registrations_cdc` asset, which starts the publisher.
+this DAG then updates the `customer_registrations_cdc` asset (lineage). The publisher does not
+wait for it: its trigger sees the new rows, whoever wrote them (`publish_cdc_events`).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ from its checkpoint (offsets and state) and a MySQL lock guarantees one instance
 The task log shows each micro-batch: batch id, input rows, rows/s, duration, watermark and
 late rows dropped. Counts land in `registrations_per_window`.
 
-Stop on purpose: pause this DAG, then `make stream-stop` (touches the job's STOP file; the job
-stops its queries cleanly and the task succeeds). Connection `spark_default` picks the master:
+Stop on purpose: `make stream-stop` pauses this DAG and touches the job's STOP file (seen within
+2 s; SIGTERM/SIGINT to the driver's Python process do the same): the running micro-batch
+finishes, the job stops its queries cleanly and the task succeeds. Connection `spark_default` picks the master:
 `local[2]` by default, `spark://host:7077` for a cluster.
 """
 

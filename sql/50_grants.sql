@@ -1,6 +1,6 @@
 -- Least privilege per role, on the current database. Privileges go to MariaDB roles; the
 -- accounts that log in (reg_ingest@127.0.0.1 on the local stack, reg_ingest@'%' in
--- docker-compose) are created with generated passwords by stackctl or 00_create_users.sh,
+-- docker-compose) are created with generated passwords by stackctl or 90_create_users.sh,
 -- and get their role as default role. (90_create_users.sh is the MySQL 8 form.)
 CREATE ROLE IF NOT EXISTS reg_ingest_role;
 CREATE ROLE IF NOT EXISTS reg_publisher_role;

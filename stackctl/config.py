@@ -328,7 +328,7 @@ def connection_env(s: Settings) -> dict[str, str]:
     env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps(
         {"conn_type": "spark", "host": s.spark_master, "extra": {"deploy-mode": "client"}}
     )
-    env.update({k: v for k, v in DEFAULTS.items()})
+    env.update({k: setting(k) for k in DEFAULTS})  # REGSTREAM_* set by the user win
     env.update(
         {
             "REGSTREAM_TOPIC": TOPIC,

@@ -305,6 +305,10 @@ def apply_schema(s: Settings, database: str = DATABASE) -> None:
             f"GRANT {user}_role TO {account}",
             f"SET DEFAULT ROLE {user}_role FOR {account}",
         ]
+    # mariadb-install-db also makes root@127.0.0.1, root@::1 and root@<host> without a
+    # password: root logs in over the socket only
+    stmts.append("DELETE FROM mysql.global_priv WHERE User = 'root' AND Host <> 'localhost'")
+    stmts.append("FLUSH PRIVILEGES")
     res = mysql_cli(s, ";".join(stmts) + ";", check=False)
     if res.returncode != 0:
         raise ServiceError(f"creating the role accounts failed: {res.stderr.decode().strip()}")

@@ -100,6 +100,8 @@ def stream_job_args(checkpoints: Path) -> list[str]:
 # Secrets of Airflow itself that a task's children never need.
 AIRFLOW_SECRET_VARS = (
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__CELERY__RESULT_BACKEND",
+    "AIRFLOW__CELERY__BROKER_URL",
     "AIRFLOW__API_AUTH__JWT_SECRET",
     "AIRFLOW__CORE__FERNET_KEY",
 )

@@ -164,6 +164,13 @@ def test_role_accounts_accept_loopback_only(stack, platform) -> None:
     assert cur.split() == ["127.0.0.1"]
 
 
+def test_root_has_no_network_login(stack, platform) -> None:
+    """root logs in over the socket only: no passwordless root@127.0.0.1 left behind."""
+    for password in ("", config.secrets_for(stack)["MYSQL_ROOT_PASSWORD"]):
+        with pytest.raises(MySQLdb.OperationalError, match="denied"):
+            MySQLdb.connect(host="127.0.0.1", port=stack.mysql_port, user="root", password=password)
+
+
 def test_every_listening_socket_is_on_loopback(stack, platform) -> None:
     mine = set(services.profile_pids(stack))
     out = subprocess.run(["ss", "-H", "-ltnup"], capture_output=True, text=True, check=True)
