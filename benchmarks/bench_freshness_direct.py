@@ -61,9 +61,10 @@ def quantiles(xs: list[float]) -> dict[str, float]:
 
 def breakdown(af: Airflow, commits: list[float]) -> dict[str, float]:
     """Median of each stage, matching each commit to the first publish run queued after it."""
-    runs = af.call("GET", "/dags/publish_cdc_events/dagRuns?limit=1000&order_by=queued_at")[
+    runs = af.call("GET", "/dags/publish_cdc_events/dagRuns?limit=1000&order_by=run_after")[
         "dag_runs"
     ]
+    runs.sort(key=lambda r: _ts(r.get("queued_at")) or 0)
     stages: dict[str, list[float]] = {"to_queued": [], "to_task_start": [], "task": []}
     for c in commits:
         run = next((r for r in runs if (_ts(r.get("queued_at")) or 0) >= c), None)
