@@ -81,10 +81,15 @@ def main() -> None:
                 print(line)
         if res.returncode != 0:
             print(f"{script} FAILED:\n{res.stderr[-3000:]}", file=sys.stderr)
+    write(results, round(time.monotonic() - t0))
+
+
+def write(results: dict[str, dict], seconds: int) -> None:
+    """results.json and the results.md table (also used to merge a single benchmark's run)."""
     out = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "seconds": round(time.monotonic() - t0),
+        "seconds": seconds,
         "results": results,
     }
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -232,6 +232,54 @@ def _insert_chunk(cur: Any, sql: str, row_sql: str, rows: list[tuple], step: int
     return [first + k * step for k in range(len(rows))]
 
 
+def _insert_customers(
+    cur: Any, customers: list[Customer], location: Any, step: int, chunk_rows: int
+) -> tuple[int | None, int | None]:
+    """Addresses then customers, in chunks; the first and last customer id inserted."""
+    if location is not None:
+        addr_sql = (
+            "INSERT INTO address (address, district, city_id, postal_code, phone, location) VALUES "
+        )
+        addr_row = "(%s, %s, %s, %s, %s, ST_GeomFromText(%s))"
+    else:
+        addr_sql = "INSERT INTO address (address, district, city_id, postal_code, phone) VALUES "
+        addr_row = "(%s, %s, %s, %s, %s)"
+    cust_sql = (
+        "INSERT INTO customer (store_id, first_name, last_name, email, address_id, "
+        "active, create_date) VALUES "
+    )
+    cust_row = "(%s, %s, %s, %s, %s, 1, %s)"
+    ids: list[int] = []
+    for i in range(0, len(customers), chunk_rows):
+        part = customers[i : i + chunk_rows]
+        addr_rows = [
+            (c.address, c.district, c.city_id, c.postal_code, c.phone)
+            + ((f"POINT({c.lon} {c.lat})",) if location is not None else ())
+            for c in part
+        ]
+        addr_ids = _insert_chunk(cur, addr_sql, addr_row, addr_rows, step)
+        cust_rows = [
+            (c.store_id, c.first_name, c.last_name, c.email, a, c.create_date)
+            for c, a in zip(part, addr_ids, strict=True)
+        ]
+        _multi_row(cur, cust_sql, cust_row, cust_rows)
+        # Customer ids by their (new, unique) addresses: on a table with an insert
+        # trigger, LAST_INSERT_ID() reports the trigger's id on MariaDB, not ours.
+        cur.execute(
+            "SELECT MIN(customer_id), MAX(customer_id), COUNT(*) FROM customer "
+            "WHERE address_id BETWEEN %s AND %s",
+            (addr_ids[0], addr_ids[-1]),
+        )
+        lo, hi, count = cur.fetchone()
+        if count != len(part):
+            raise IngestError(
+                f"expected {len(part)} customers for addresses "
+                f"{addr_ids[0]}-{addr_ids[-1]}, found {count}"
+            )
+        ids += [int(lo), int(hi)]
+    return (min(ids), max(ids)) if ids else (None, None)
+
+
 def load_customers(
     conn: Any,
     key: str,
@@ -267,51 +315,7 @@ def load_customers(
             " VALUES (%s, %s, %s, %s, %s)",
             (key, _utc_naive(start), _utc_naive(end), seed, len(customers)),
         )
-        if location is not None:
-            addr_sql = (
-                "INSERT INTO address (address, district, city_id, postal_code, phone, "
-                "location) VALUES "
-            )
-            addr_row = "(%s, %s, %s, %s, %s, ST_GeomFromText(%s))"
-        else:
-            addr_sql = (
-                "INSERT INTO address (address, district, city_id, postal_code, phone) VALUES "
-            )
-            addr_row = "(%s, %s, %s, %s, %s)"
-        cust_sql = (
-            "INSERT INTO customer (store_id, first_name, last_name, email, address_id, "
-            "active, create_date) VALUES "
-        )
-        cust_row = "(%s, %s, %s, %s, %s, 1, %s)"
-        ids: list[int] = []
-        for i in range(0, len(customers), chunk_rows):
-            part = customers[i : i + chunk_rows]
-            addr_rows = [
-                (c.address, c.district, c.city_id, c.postal_code, c.phone)
-                + ((f"POINT({c.lon} {c.lat})",) if location is not None else ())
-                for c in part
-            ]
-            addr_ids = _insert_chunk(cur, addr_sql, addr_row, addr_rows, step)
-            cust_rows = [
-                (c.store_id, c.first_name, c.last_name, c.email, a, c.create_date)
-                for c, a in zip(part, addr_ids, strict=True)
-            ]
-            _multi_row(cur, cust_sql, cust_row, cust_rows)
-            # Customer ids by their (new, unique) addresses: on a table with an insert
-            # trigger, LAST_INSERT_ID() reports the trigger's id on MariaDB, not ours.
-            cur.execute(
-                "SELECT MIN(customer_id), MAX(customer_id), COUNT(*) FROM customer "
-                "WHERE address_id BETWEEN %s AND %s",
-                (addr_ids[0], addr_ids[-1]),
-            )
-            lo, hi, count = cur.fetchone()
-            if count != len(part):
-                raise IngestError(
-                    f"expected {len(part)} customers for addresses "
-                    f"{addr_ids[0]}-{addr_ids[-1]}, found {count}"
-                )
-            ids += [int(lo), int(hi)]
-        first, last = (min(ids), max(ids)) if ids else (None, None)
+        first, last = _insert_customers(cur, customers, location, step, chunk_rows)
         cur.execute(
             "UPDATE ingest_batches SET first_customer_id = %s, last_customer_id = %s "
             "WHERE batch_key = %s",
