@@ -23,7 +23,6 @@ import json
 import shutil
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -34,8 +33,7 @@ from stackctl import config
 
 
 def start_job(s, topic: str, ck: Path, log: Path, max_offsets: int, trigger: str):
-    sys.path.insert(0, str(ROOT))
-    from tests.integration.streamjob import start_job as start
+    from stackctl.sparkjob import start_job as start
 
     return start(
         s,
@@ -47,7 +45,7 @@ def start_job(s, topic: str, ck: Path, log: Path, max_offsets: int, trigger: str
 
 
 def kill(proc) -> None:
-    from tests.integration.streamjob import kill_job
+    from stackctl.sparkjob import kill_job
 
     kill_job(proc)
 

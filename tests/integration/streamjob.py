@@ -9,64 +9,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from regstream.settings import spark_submit_conf
-
 from stackctl import config
-from tests.conftest import ROOT, root_conn, wait_for
-
-JOB = ROOT / "spark_jobs" / "registration_counts.py"
-
-
-def spark_env(s: config.Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{s.venv / 'bin'}:{env['PATH']}"
-    env["SPARK_LOCAL_IP"] = "127.0.0.1"
-    env["PYSPARK_PYTHON"] = str(s.venv / "bin" / "python")
-    env["PYSPARK_DRIVER_PYTHON"] = str(s.venv / "bin" / "python")
-    return env
-
-
-def start_job(
-    s: config.Settings,
-    topic: str,
-    checkpoints: Path,
-    log: Path,
-    master: str = "local[2]",
-    extra: list[str] | None = None,
-) -> subprocess.Popen:
-    jars = ",".join(str(p) for p in config.spark_kafka_jars(s))
-    argv = [
-        str(s.venv / "bin" / "spark-submit"),
-        "--master",
-        master,
-        "--jars",
-        jars,
-        *(a for k, v in spark_submit_conf().items() for a in ("--conf", f"{k}={v}")),
-        str(JOB),
-        "--bootstrap",
-        s.kafka_bootstrap,
-        "--topic",
-        topic,
-        "--checkpoint-dir",
-        str(checkpoints),
-        "--trigger",
-        "500 milliseconds",
-        *(extra or []),
-    ]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=spark_env(s), start_new_session=True
-        )
-
-
-def kill_job(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """SIGKILL the driver (the python process and its JVM: the whole session)."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=60)
+from stackctl.sparkjob import JOB, kill_job, spark_env, start_job  # noqa: F401 - shared here
+from tests.conftest import root_conn, wait_for
 
 
 def driver_pid(proc: subprocess.Popen, timeout: float = 60) -> int:
