@@ -52,3 +52,40 @@ CREATE TABLE IF NOT EXISTS stream_progress (
   PRIMARY KEY (query_name, batch_id),
   KEY idx_finished_at (finished_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Valid events the stream did not count because they came after the lateness bound: one row
+-- per event_id, written in the same MySQL transaction as the counts of the micro-batch that
+-- saw the event (stream_sink_commits), so a replayed or killed batch records each one once.
+CREATE TABLE IF NOT EXISTS stream_late_events (
+  event_id BIGINT UNSIGNED NOT NULL,
+  customer_id BIGINT UNSIGNED NULL,
+  store_id SMALLINT UNSIGNED NOT NULL,
+  create_date DATETIME(6) NOT NULL COMMENT 'the event time: the registration',
+  event_watermark DATETIME(6) NOT NULL COMMENT 'the stream watermark it was older than',
+  reason VARCHAR(200) NOT NULL,
+  topic VARCHAR(200) NOT NULL,
+  kafka_partition INT NOT NULL,
+  kafka_offset BIGINT NOT NULL,
+  batch_id BIGINT NOT NULL,
+  seen_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  PRIMARY KEY (event_id),
+  KEY idx_seen_at (seen_at),
+  KEY idx_create_date (create_date)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- The sink's commit record, one row per streaming query: the last micro-batch applied, the
+-- Kafka offsets it consumed up to, and the newest event time seen (the watermark's base).
+-- Updated in the same MySQL transaction as the batch's counts and late events: a batch is
+-- applied once, and a new checkpoint starts from these offsets instead of the topic's start.
+CREATE TABLE IF NOT EXISTS stream_sink_commits (
+  query_name VARCHAR(100) NOT NULL,
+  query_id CHAR(36) NOT NULL COMMENT 'the checkpoint the batch ids belong to',
+  batch_id BIGINT NOT NULL,
+  kafka_end_offsets TEXT NOT NULL COMMENT 'JSON {topic: {partition: next offset}}',
+  max_event_time DATETIME(6) NULL,
+  event_watermark DATETIME(6) NULL COMMENT 'max_event_time minus the lateness',
+  events_counted BIGINT UNSIGNED NOT NULL DEFAULT 0 COMMENT 'since the row was created',
+  late_events BIGINT UNSIGNED NOT NULL DEFAULT 0 COMMENT 'since the row was created',
+  committed_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+  PRIMARY KEY (query_name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

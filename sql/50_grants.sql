@@ -21,16 +21,20 @@ GRANT SELECT ON users_change_events TO reg_publisher_role;
 GRANT SELECT, INSERT, UPDATE ON latest_cdc_timestamp TO reg_publisher_role;
 GRANT PROCESS ON *.* TO reg_publisher_role;
 
--- Stream sink: the Spark job's three tables.
+-- Stream sink: the Spark job's tables.
 GRANT SELECT, INSERT, UPDATE ON registrations_per_window TO reg_stream_role;
 GRANT SELECT, INSERT, UPDATE ON stream_quarantine TO reg_stream_role;
 GRANT SELECT, INSERT, UPDATE, DELETE ON stream_progress TO reg_stream_role;
+GRANT SELECT, INSERT, UPDATE ON stream_late_events TO reg_stream_role;
+GRANT SELECT, INSERT, UPDATE ON stream_sink_commits TO reg_stream_role;
 
 -- Live view: what the page shows and nothing more. No customer rows: of the change events
 -- only id and capture time (the backlog), of the quarantine only position, reason and time
 -- (not the raw message, which may hold a customer's name and e-mail).
 GRANT SELECT ON registrations_per_window TO reg_reader_role;
 GRANT SELECT ON stream_progress TO reg_reader_role;
+GRANT SELECT ON stream_late_events TO reg_reader_role;
+GRANT SELECT ON stream_sink_commits TO reg_reader_role;
 GRANT SELECT ON latest_cdc_timestamp TO reg_reader_role;
 GRANT SELECT (event_id, captured_at) ON users_change_events TO reg_reader_role;
 GRANT SELECT (topic, kafka_partition, kafka_offset, kafka_timestamp, reason, quarantined_at)
