@@ -6,6 +6,7 @@ CREATE ROLE IF NOT EXISTS reg_ingest_role;
 CREATE ROLE IF NOT EXISTS reg_publisher_role;
 CREATE ROLE IF NOT EXISTS reg_stream_role;
 CREATE ROLE IF NOT EXISTS reg_reader_role;
+CREATE ROLE IF NOT EXISTS reg_reconcile_role;
 
 -- Ingest writer: reads reference data, writes customers and their addresses.
 GRANT SELECT ON country TO reg_ingest_role;
@@ -39,3 +40,14 @@ GRANT SELECT ON latest_cdc_timestamp TO reg_reader_role;
 GRANT SELECT (event_id, captured_at) ON users_change_events TO reg_reader_role;
 GRANT SELECT (topic, kafka_partition, kafka_offset, kafka_timestamp, reason, quarantined_at)
   ON stream_quarantine TO reg_reader_role;
+GRANT SELECT ON stream_reconciliation_runs TO reg_reader_role;
+GRANT SELECT ON stream_reconciliation_mismatches TO reg_reader_role;
+
+-- Reconciliation: of customers only the store and the registration time (no names, e-mails
+-- or addresses), the stream's counts and too-late events, and its own result tables.
+GRANT SELECT (customer_id, store_id, create_date) ON customer TO reg_reconcile_role;
+GRANT SELECT ON registrations_per_window TO reg_reconcile_role;
+GRANT SELECT ON stream_late_events TO reg_reconcile_role;
+GRANT SELECT ON stream_sink_commits TO reg_reconcile_role;
+GRANT SELECT, INSERT ON stream_reconciliation_runs TO reg_reconcile_role;
+GRANT SELECT, INSERT ON stream_reconciliation_mismatches TO reg_reconcile_role;

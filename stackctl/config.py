@@ -90,6 +90,9 @@ DEFAULTS: dict[str, str] = {
     "REGSTREAM_MAX_STREAM_DELAY_S": "60",
     "REGSTREAM_SPARK_SHUFFLE_PARTITIONS": "2",
     "REGSTREAM_SPARK_DRIVER_MEMORY": "1g",
+    # reconcile_counts: windows younger than this (end to now, seconds) are still settling
+    "REGSTREAM_RECONCILE_SETTLE_S": "120",
+    "REGSTREAM_RECONCILE_SCHEDULE": "*/5 * * * *",
 }
 TOPIC = DEFAULTS["REGSTREAM_TOPIC"]
 
@@ -99,6 +102,7 @@ ROLES = {
     "publisher": "reg_publisher",
     "stream": "reg_stream",
     "reader": "reg_reader",
+    "reconcile": "reg_reconcile",
 }
 
 
