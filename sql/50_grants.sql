@@ -44,8 +44,10 @@ GRANT SELECT ON stream_reconciliation_runs TO reg_reader_role;
 GRANT SELECT ON stream_reconciliation_mismatches TO reg_reader_role;
 
 -- Reconciliation: of customers only the store and the registration time (no names, e-mails
--- or addresses), the stream's counts and too-late events, and its own result tables.
+-- or addresses), of the change events only when each was captured (to leave windows that
+-- just got a row to settle), the stream's counts and too-late events, its own result tables.
 GRANT SELECT (customer_id, store_id, create_date) ON customer TO reg_reconcile_role;
+GRANT SELECT (event_id, customer_id, captured_at) ON users_change_events TO reg_reconcile_role;
 GRANT SELECT ON registrations_per_window TO reg_reconcile_role;
 GRANT SELECT ON stream_late_events TO reg_reconcile_role;
 GRANT SELECT ON stream_sink_commits TO reg_reconcile_role;
