@@ -16,8 +16,9 @@ import statistics
 import time
 from datetime import datetime, timedelta, timezone
 
-from benchmarks.common import report, root_conn, whole_platform
+from benchmarks.common import report, whole_platform
 from stackctl import config
+from stackctl.db import root_conn
 
 
 def main() -> None:

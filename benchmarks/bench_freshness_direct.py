@@ -20,9 +20,10 @@ import time
 from datetime import datetime
 from typing import Any
 
-from benchmarks.common import report, root_conn, whole_platform
+from benchmarks.common import report, whole_platform
 from stackctl import config
 from stackctl.airflow_api import Airflow
+from stackctl.db import root_conn
 
 INSERT = (
     "INSERT INTO customer (store_id, first_name, last_name, email, address_id, active, "

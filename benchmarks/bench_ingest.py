@@ -16,7 +16,8 @@ from datetime import datetime, timedelta, timezone
 
 from regstream import db, ingest
 
-from benchmarks.common import drop, fresh, report, root_conn, stack
+from benchmarks.common import drop, fresh, report, stack
+from stackctl.db import root_conn
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -19,7 +19,8 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import drop, fresh, report, root_conn, stack
+from benchmarks.common import drop, fresh, report, stack
+from stackctl.db import root_conn
 
 
 def fill(s, database: str, n: int) -> None:

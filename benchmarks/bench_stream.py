@@ -28,8 +28,9 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from benchmarks.common import ROOT, drop, fresh, report, root_conn, stack
+from benchmarks.common import ROOT, drop, fresh, report, stack
 from stackctl import config
+from stackctl.db import root_conn
 
 
 def start_job(s, topic: str, ck: Path, log: Path, max_offsets: int, trigger: str):

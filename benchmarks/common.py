@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import os
 import platform
-import uuid
 from pathlib import Path
 from typing import Any
 
-from stackctl import config, services
+from stackctl import config, db, services
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,31 +34,14 @@ def whole_platform() -> tuple[config.Settings, Any]:
 
 def fresh(s: config.Settings) -> tuple[str, str]:
     """A new database (pointed at by every role connection) and topic name."""
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    services.apply_schema(s, database=name)
-    for role in config.ROLES:
-        os.environ[f"AIRFLOW_CONN_MYSQL_{role.upper()}"] = config.mysql_conn_json(s, role, name)
+    name = db.create_database(s, "bench")
+    os.environ.update(db.role_connections(s, name))
     os.environ["REGSTREAM_TOPIC"] = name
     return name, name
 
 
-def root_conn(s: config.Settings, database: str | None = None) -> Any:
-    import MySQLdb
-
-    conn = MySQLdb.connect(
-        unix_socket=str(s.mysql_socket),
-        user="root",
-        password=config.secrets_for(s)["MYSQL_ROOT_PASSWORD"],
-        database=database or "",
-        autocommit=True,
-        charset="utf8mb4",
-    )
-    conn.cursor().execute("SET time_zone = '+00:00'")
-    return conn
-
-
 def drop(s: config.Settings, database: str) -> None:
-    root_conn(s).cursor().execute(f"DROP DATABASE IF EXISTS `{database}`")
+    db.drop_database(s, database)
 
 
 def machine() -> dict[str, Any]:

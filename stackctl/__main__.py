@@ -96,8 +96,7 @@ def program_ports(s: config.Settings) -> dict[str, str]:
         "airflow-api-server": str(s.airflow_port),
         "spark-master": f"{s.spark_master_port},{s.spark_master_ui}",
     }
-    for name in services.kafka_node_names(s):
-        node = int(name.rsplit("-", 1)[1]) if "-" in name else 1
+    for node, name in enumerate(services.kafka_node_names(s), start=1):
         ports[name] = ",".join(map(str, s.kafka_node_ports(node)))
     for n, name in enumerate(services.spark_worker_names(s), start=1):
         ports[name] = str(s.spark_master_ui + n)
@@ -117,8 +116,7 @@ def kafka_roles(s: config.Settings) -> dict[str, str]:
     except Exception:  # noqa: BLE001 - status reports what it can
         return {}
     roles = {}
-    for name in services.kafka_node_names(s):
-        node = int(name.rsplit("-", 1)[1]) if "-" in name else 1
+    for node, name in enumerate(services.kafka_node_names(s), start=1):
         leads = sorted(
             p for p, m in (topic.partitions if topic else {}).items() if m.leader == node
         )

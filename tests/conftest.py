@@ -11,13 +11,14 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from stackctl import config, services
+from stackctl import config, db, procs, services
+from stackctl.db import role_conn, root_conn  # noqa: F401 - the tests import them from here
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -45,25 +46,35 @@ def settings() -> config.Settings:
     return config.load("test")
 
 
-_started: dict[str, bool] = {}
+_wiped: set[str] = set()  # profiles this session has wiped and not stopped since
 
 
-def _fresh_profile(s: config.Settings) -> None:
-    if _started.get("fresh"):
-        return
+def wipe_profile(s: config.Settings) -> None:
+    """Stop every process of the profile and delete its data, logs and pid files (its
+    secrets and the unit tests' Airflow home stay)."""
     services.stop_all(s)
-    for sub in ("mysql", "postgres", "kafka", "airflow", "spark", "logs", "supervisor"):
+    for sub in ("mysql", "postgres", "redis", "airflow", "spark", "logs", "supervisor"):
         shutil.rmtree(s.run / sub, ignore_errors=True)
-    for pid in s.run.glob("*.pid"):
-        pid.unlink()
+    for path in [*s.run.glob("kafka*"), *s.run.glob("*.pid")]:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     s.run.mkdir(parents=True, exist_ok=True)
-    _started["fresh"] = True
+    _wiped.add(s.profile)
+
+
+def stop_profile(s: config.Settings) -> None:
+    """Stop the profile; a `stack` set up after this starts it from a wiped state again."""
+    services.stop_all(s)
+    _wiped.discard(s.profile)
 
 
 @pytest.fixture(scope="session")
 def stack(settings: config.Settings) -> Iterator[config.Settings]:
     """MariaDB and Kafka of the test profile, started fresh for the session."""
-    _fresh_profile(settings)
+    if settings.profile not in _wiped:
+        wipe_profile(settings)
     services.start_data_services(settings)
     os.environ.update(services.airflow_env(settings))
     yield settings
@@ -76,57 +87,19 @@ def _stop_everything(settings: config.Settings) -> Iterator[None]:
         services.stop_all(settings)
 
 
-def root_conn(s: config.Settings, database: str | None = None) -> Any:
-    import MySQLdb
-
-    kwargs: dict[str, Any] = {
-        "unix_socket": str(s.mysql_socket),
-        "user": "root",
-        "password": config.secrets_for(s)["MYSQL_ROOT_PASSWORD"],
-        "autocommit": True,
-        "charset": "utf8mb4",
-    }
-    if database:
-        kwargs["database"] = database
-    conn = MySQLdb.connect(**kwargs)
-    conn.cursor().execute("SET time_zone = '+00:00'")
-    return conn
-
-
-def role_conn(s: config.Settings, role: str, database: str) -> Any:
-    import MySQLdb
-
-    conn = MySQLdb.connect(
-        host="127.0.0.1",
-        port=s.mysql_port,
-        user=config.ROLES[role],
-        password=config.secrets_for(s)[f"REG_{role.upper()}_PASSWORD"],
-        database=database,
-        autocommit=True,
-        charset="utf8mb4",
-    )
-    conn.cursor().execute("SET time_zone = '+00:00'")
-    return conn
-
-
 def point_connections_at(s: config.Settings, database: str, monkeypatch: Any) -> None:
     """AIRFLOW_CONN_MYSQL_* of every role -> `database` (how the hooks find it)."""
-    for role in config.ROLES:
-        monkeypatch.setenv(
-            f"AIRFLOW_CONN_MYSQL_{role.upper()}", config.mysql_conn_json(s, role, database)
-        )
+    for name, value in db.role_connections(s, database).items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture
 def fresh_db(stack: config.Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A new database with the project's schema; the role connections point at it."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    services.apply_schema(stack, database=name)
+    name = db.create_database(stack, "t")
     point_connections_at(stack, name, monkeypatch)
     yield name
-    cur = root_conn(stack).cursor()
-    cur.execute("SET SESSION lock_wait_timeout = 60")
-    cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    db.drop_database(stack, name)
 
 
 @pytest.fixture
@@ -176,3 +149,9 @@ def topic_messages(s: config.Settings, topic: str, timeout: float = 30) -> list[
 
 def event_ids_in_topic(s: config.Settings, topic: str) -> list[int]:
     return [json.loads(m.value())["event_id"] for m in topic_messages(s, topic)]
+
+
+def task_log_holders(pids: Iterable[int], task_id: str) -> list[int]:
+    """The processes among `pids` that hold a running task's log open: Airflow 3 writes it
+    under .../task_id=<task_id>/..., a name no other task's log has."""
+    return procs.holding(pids, f"task_id={task_id}/")

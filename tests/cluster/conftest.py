@@ -15,19 +15,15 @@ import pytest
 from stackctl import __main__ as ctl
 from stackctl import config, services
 from stackctl.airflow_api import Airflow
-from tests import conftest as top
+from stackctl.db import root_conn
+from tests.conftest import stop_profile, wipe_profile
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[config.Settings, Airflow]]:
-    services.stop_all(config.load("test"))
-    top._started.pop("fresh", None)
+    stop_profile(config.load("test"))
     s = config.load("test-cluster")
-    services.stop_all(s)
-    for sub in ("mysql", "postgres", "redis", "airflow", "spark", "logs", "supervisor"):
-        top.shutil.rmtree(s.run / sub, ignore_errors=True)
-    for path in s.run.glob("kafka*"):
-        top.shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+    wipe_profile(s)
     t0 = time.monotonic()
     ctl.up(s)
     print(f"cluster profile up in {time.monotonic() - t0:.0f}s")
@@ -78,7 +74,7 @@ class Writers:
         while not self.stop.is_set():
             try:
                 if conn is None:
-                    conn = top.root_conn(self.s, config.DATABASE)
+                    conn = root_conn(self.s, config.DATABASE)
                     conn.autocommit(False)
                 self._round(conn, k, n)
                 n += 1

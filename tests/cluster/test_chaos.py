@@ -18,7 +18,13 @@ import pytest
 from stackctl import config, services, supervisor
 from stackctl.airflow_api import Airflow
 from tests.cluster.conftest import Writers
-from tests.conftest import ARTIFACTS, event_ids_in_topic, root_conn, wait_for
+from tests.conftest import (
+    ARTIFACTS,
+    event_ids_in_topic,
+    root_conn,
+    task_log_holders,
+    wait_for,
+)
 from tests.integration.streamjob import ground_truth, stream_counts
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
@@ -83,16 +89,9 @@ def running_tis(af: Airflow, dag_id: str, task_id: str) -> list[dict]:
 def worker_running(s: config.Settings, task_id: str) -> str | None:
     """The Celery worker program whose processes hold the running task's log open."""
     for c in services.airflow_components(s):
-        if not c.startswith("celery-worker"):
-            continue
-        pid = supervisor.pid_of(s, f"airflow-{c}")
-        for p in services.descendants(pid) if pid else []:
-            try:
-                fds = os.listdir(f"/proc/{p}/fd")
-                if any(f"task_id={task_id}/" in os.readlink(f"/proc/{p}/fd/{fd}") for fd in fds):
-                    return f"airflow-{c}"
-            except OSError:
-                continue
+        pid = supervisor.pid_of(s, f"airflow-{c}") if c.startswith("celery-worker") else None
+        if pid and task_log_holders(services.descendants(pid), task_id):
+            return f"airflow-{c}"
     return None
 
 

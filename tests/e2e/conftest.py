@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from stackctl import __main__ as ctl
-from stackctl import config, services, supervisor
+from stackctl import config, procs, services, supervisor
 from stackctl.airflow_api import Airflow
-from tests.conftest import wait_for
+from tests.conftest import task_log_holders, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -42,35 +41,17 @@ def counts_match(s: config.Settings, timeout: float = 240) -> float:
     return time.monotonic() - t0
 
 
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def profile_pids_matching(s: config.Settings, pattern: str) -> list[int]:
     """This profile's processes whose command line holds `pattern` (never another profile's:
     `make test` runs beside a user's `make up`)."""
-    return [p for p in services.profile_pids(s) if pattern in cmdline(p) and p != os.getpid()]
+    return [p for p in services.profile_pids(s) if pattern in procs.cmdline(p) and p != os.getpid()]
 
 
 def task_runner_pids(s: config.Settings, task_id: str) -> list[int]:
     """The task runner of a running task of this profile: the child of the process holding
     the task's log file open (its supervisor). Airflow 3 titles them by the TI's uuid."""
-    mine = set(services.profile_pids(s))
-    owners, parent = [], {}
-    for pid in mine:
-        entry = Path(f"/proc/{pid}")
-        try:
-            parent[pid] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            for fd in (entry / "fd").iterdir():
-                if f"task_id={task_id}/" in os.readlink(fd):
-                    owners.append(pid)
-                    break
-        except OSError:
-            continue
-    return [p for p, pp in parent.items() if pp in owners]
+    mine = services.profile_pids(s)
+    return procs.children(mine, set(task_log_holders(mine, task_id)))
 
 
 def wait_restarted(s: config.Settings, program: str, old_pid: int, timeout: float = 60) -> float:

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from stackctl import config
+from stackctl import config, procs
 from stackctl.sparkjob import JOB, kill_job, spark_env, start_job  # noqa: F401 - shared here
 from tests.conftest import root_conn, wait_for
 
@@ -18,15 +18,8 @@ def driver_pid(proc: subprocess.Popen, timeout: float = 60) -> int:
     """The job's Python driver: the child of spark-submit's JVM that runs JOB."""
 
     def find() -> int | None:
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-                cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
-            except (OSError, IndexError, ValueError):
-                continue  # the process ended while we looked
-            if ppid == proc.pid and str(JOB).encode() in cmdline:
-                return int(stat.parent.name)
-        return None
+        children = procs.children(procs.all_pids(), {proc.pid})
+        return next((p for p in children if str(JOB) in procs.argv(p)), None)
 
     return wait_for("the job's Python driver process", find, timeout)
 

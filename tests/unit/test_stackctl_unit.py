@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+import time
 
 import pytest
 
@@ -91,3 +92,63 @@ def test_the_spark_task_keeps_only_its_connections(monkeypatch) -> None:
     conns = sorted(k for k in os.environ if k.startswith("AIRFLOW_CONN_"))
     assert conns == ["AIRFLOW_CONN_MYSQL_STREAM", "AIRFLOW_CONN_SPARK_DEFAULT"]
     assert "AIRFLOW__CORE__FERNET_KEY" not in os.environ and os.environ["UNRELATED"] == "y"
+
+
+def test_procs_reads_parent_state_command_line_and_open_files(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from stackctl import procs
+
+    log = tmp_path / "task_id=publish_new_events" / "attempt=1.log"
+    log.parent.mkdir()
+    code = "import sys, time; f = open(sys.argv[1], 'w'); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code, str(log)])
+    try:
+        assert procs.parent_pid(os.getpid()) == os.getppid()
+        assert procs.stat_fields(os.getpid())[0] == "R"  # reading its own stat, it runs
+        mine = procs.children(procs.all_pids(), {os.getpid()})  # a Spark JVM may be one too
+        assert child.pid in mine and os.getpid() not in mine
+        assert procs.children(procs.all_pids(), {child.pid}) == []
+        assert procs.argv(child.pid) == [sys.executable, "-c", code, str(log)]
+        assert code in procs.cmdline(child.pid)
+        deadline = time.monotonic() + 10
+        while not log.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = [os.getpid(), child.pid]
+        assert procs.holding(pids, "task_id=publish_new_events/") == [child.pid]
+        assert procs.holding(pids, "task_id=insert_fake_customers/") == []
+    finally:
+        child.kill()
+        child.wait()
+    assert procs.argv(child.pid) == [] and procs.cmdline(child.pid) == ""
+    assert not procs.holds_open(child.pid, "task_id=")
+    with pytest.raises(OSError):
+        procs.parent_pid(child.pid)
+
+
+def test_role_connections_point_every_role_at_the_given_database(private) -> None:
+    import json
+
+    from stackctl import db
+
+    conns = db.role_connections(private, "t_0123456789")
+    assert sorted(conns) == sorted(f"AIRFLOW_CONN_MYSQL_{r.upper()}" for r in config.ROLES)
+    for role, user in config.ROLES.items():
+        conn = json.loads(conns[f"AIRFLOW_CONN_MYSQL_{role.upper()}"])
+        assert (conn["login"], conn["schema"], conn["port"]) == (
+            user,
+            "t_0123456789",
+            private.mysql_port,
+        )
+
+
+def test_status_shows_each_kafka_node_on_its_own_bootstrap_ports() -> None:
+    from stackctl import __main__ as ctl
+
+    s = config.load("test-cluster")
+    kafka = {k: v for k, v in ctl.program_ports(s).items() if k.startswith("kafka")}
+    assert sorted(kafka) == ["kafka-1", "kafka-2", "kafka-3"]
+    brokers = [kafka[f"kafka-{n}"].split(",")[0] for n in (1, 2, 3)]
+    assert [f"127.0.0.1:{port}" for port in brokers] == s.kafka_bootstrap.split(",")
+    assert len({p for v in kafka.values() for p in v.split(",")}) == 6
