@@ -22,6 +22,7 @@ def test_dags_import_without_errors(dagbag) -> None:
         "publish_cdc_events",
         "stream_registration_counts",
         "monitor_pipeline_lag",
+        "reconcile_counts",
     }
 
 
@@ -90,3 +91,11 @@ def test_spark_kafka_connector_matches_pyspark() -> None:
 
     jars = [p.name for p in config.spark_kafka_jars(config.load("test"))]
     assert f"spark-sql-kafka-0-10_2.13-{pyspark.__version__}.jar" in jars
+
+
+def test_reconcile_dag_runs_on_its_schedule_with_a_settle_param(dagbag) -> None:
+    dag = dagbag.dags["reconcile_counts"]
+    assert dag.max_active_runs == 1
+    assert [t.task_id for t in dag.tasks] == ["reconcile_window_counts"]
+    assert dag.params.get_param("settle_s").value == 120
+    assert dag.timetable.expression == "*/5 * * * *"

@@ -1,0 +1,268 @@
+"""Reconciliation: are the stream's counts right? (DAG `reconcile_counts`.)
+
+Per (window, store), for the windows that are settled and still within the allowed lateness,
+the stream's count in `registrations_per_window` must equal the committed customers of the
+source whose `create_date` falls in the window, minus the events the stream recorded as too
+late (`stream_late_events`):
+
+    counted == source - late
+
+Which windows: tumbling windows of `REGSTREAM_WINDOW`, aligned to the epoch as Spark's
+`window()` aligns them, that start at or after `now - REGSTREAM_LATENESS` and end at or before
+`now - REGSTREAM_RECONCILE_SETTLE_S` (the freshness bound: the stream is allowed that long to
+count a registration). A window holding a customer captured by CDC within the settle time (a
+backfilled registration, say) is left for the next run too, and reported as skipped.
+
+Each run is stored (`stream_reconciliation_runs`, and one row per differing window in
+`stream_reconciliation_mismatches`) for the live view. Reads through the reconcile role: of a
+customer only id, store and registration time.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cache
+from importlib import resources
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MYSQL_RECONCILE_CONN_ID = "mysql_reconcile"
+EPOCH = datetime(1970, 1, 1)
+UNITS = {
+    "second": 1,
+    "minute": 60,
+    "hour": 3600,
+    "day": 86400,
+    "week": 604800,
+}
+ALIASES = {"s": "second", "sec": "second", "min": "minute", "h": "hour", "d": "day"}
+# how many differing windows the log and the exception spell out (all are stored)
+LOG_MISMATCHES = 50
+
+
+class ReconciliationMismatch(RuntimeError):
+    """Some windows' counts differ from the source."""
+
+
+@cache
+def queries() -> dict[str, str]:
+    """The named queries of queries/reconcile.sql, comment lines left out."""
+    text = resources.files("regstream").joinpath("queries/reconcile.sql").read_text()
+    named: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
+        name, _, body = block.partition("\n")
+        lines = [ln for ln in body.splitlines() if not ln.lstrip().startswith("--")]
+        named[name.strip()] = "\n".join(lines).strip().rstrip(";")
+    return named
+
+
+def interval_seconds(text: str) -> int:
+    """A Spark interval string ("1 minute", "7 days", "1 hour 30 minutes") in seconds."""
+    parts = re.findall(r"(\d+)\s*([a-z]+)", text.strip().lower())
+    if not parts or re.sub(r"(\d+)\s*([a-z]+)", "", text).strip():
+        raise ValueError(f"cannot read the interval {text!r}: write e.g. '1 minute' or '7 days'")
+    total = 0
+    for number, word in parts:
+        unit = ALIASES.get(word, word.removesuffix("s"))
+        if unit not in UNITS:
+            raise ValueError(f"unknown unit {unit!r} in interval {text!r}")
+        total += int(number) * UNITS[unit]
+    return total
+
+
+def floor_window(ts: datetime, window_s: int) -> datetime:
+    """The start of the epoch-aligned window of `window_s` seconds holding `ts`."""
+    return EPOCH + (ts - EPOCH) // timedelta(seconds=window_s) * timedelta(seconds=window_s)
+
+
+def ceil_window(ts: datetime, window_s: int) -> datetime:
+    start = floor_window(ts, window_s)
+    return start if start == ts else start + timedelta(seconds=window_s)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Windows checked: those starting at or after `start` and ending at or before `end`."""
+
+    window_s: int
+    start: datetime
+    end: datetime
+    settled_before: datetime  # captures after this are too fresh
+
+
+def bounds(now: datetime, window_s: int, lateness_s: int, settle_s: int) -> Bounds:
+    settled = now - timedelta(seconds=settle_s)
+    start = ceil_window(now - timedelta(seconds=lateness_s), window_s)
+    end = max(start, floor_window(settled, window_s))
+    return Bounds(window_s, start, end, settled)
+
+
+@dataclass(frozen=True)
+class WindowCheck:
+    window_start: datetime
+    window_end: datetime
+    store_id: int
+    source: int
+    late: int
+    counted: int | None  # None: the stream has no row for it
+
+    @property
+    def expected(self) -> int:
+        return self.source - self.late
+
+    @property
+    def difference(self) -> int:
+        return (self.counted or 0) - self.expected
+
+    def describe(self) -> str:
+        counted = "no row" if self.counted is None else str(self.counted)
+        return (
+            f"window {self.window_start:%Y-%m-%d %H:%M:%S}-{self.window_end:%H:%M:%S} "
+            f"store {self.store_id}: counted {counted}, expected {self.expected} "
+            f"(source {self.source} - too late {self.late}), difference {self.difference:+d}"
+        )
+
+
+@dataclass
+class Result:
+    bounds: Bounds
+    checks: list[WindowCheck] = field(default_factory=list)
+    skipped_fresh: int = 0
+    run_id: int | None = None
+
+    @property
+    def mismatches(self) -> list[WindowCheck]:
+        return [c for c in self.checks if c.difference != 0]
+
+    @property
+    def matched(self) -> int:
+        return len(self.checks) - len(self.mismatches)
+
+    def summary(self) -> str:
+        b = self.bounds
+        return (
+            f"checked {len(self.checks)} (window, store) pairs of {b.window_s}s windows from "
+            f"{b.start:%Y-%m-%d %H:%M:%S} to {b.end:%Y-%m-%d %H:%M:%S}: {self.matched} match, "
+            f"{len(self.mismatches)} differ; {self.skipped_fresh} left to settle "
+            f"(a capture after {b.settled_before:%H:%M:%S}); source "
+            f"{sum(c.source for c in self.checks)}, too late "
+            f"{sum(c.late for c in self.checks)}, counted "
+            f"{sum(c.counted or 0 for c in self.checks)}"
+        )
+
+
+def compare(conn: Any, b: Bounds) -> Result:
+    """Per (window, store) in the bounds: source, too-late and counted, from one query."""
+    cur = conn.cursor()
+    cur.execute(queries()["compare_windows"], {"w": b.window_s, "lo": b.start, "hi": b.end})
+    rows = cur.fetchall()
+    cur.close()
+    result = Result(b)
+    span = timedelta(seconds=b.window_s)
+    for ws, store, source, late, counted, newest_capture in rows:
+        if newest_capture is not None and newest_capture > b.settled_before:
+            result.skipped_fresh += 1
+            continue
+        result.checks.append(
+            WindowCheck(
+                ws,
+                ws + span,
+                int(store),
+                int(source),
+                int(late),
+                None if counted is None else int(counted),
+            )
+        )
+    return result
+
+
+def store(conn: Any, result: Result, airflow_run_id: str | None) -> int:
+    """The run and its mismatches, in one transaction; returns the run id."""
+    b = result.bounds
+    cur = conn.cursor()
+    try:
+        cur.execute(
+            queries()["insert_run"],
+            (
+                b.window_s,
+                b.start,
+                b.end,
+                len(result.checks),
+                result.matched,
+                sum(c.source for c in result.checks),
+                sum(c.late for c in result.checks),
+                sum(c.counted or 0 for c in result.checks),
+                airflow_run_id,
+            ),
+        )
+        run_id = int(cur.lastrowid)
+        rows = [
+            (run_id, c.window_start, c.window_end, c.store_id, c.source, c.late)
+            + (c.expected, c.counted, c.difference)
+            for c in result.mismatches
+        ]
+        if rows:
+            cur.executemany(queries()["insert_mismatch"], rows)
+        conn.commit()
+    except Exception:
+        conn.rollback()
+        raise
+    finally:
+        cur.close()
+    result.run_id = run_id
+    return run_id
+
+
+def reconcile(
+    conn: Any,
+    *,
+    window_s: int,
+    lateness_s: int,
+    settle_s: int,
+    airflow_run_id: str | None = None,
+    now: datetime | None = None,
+) -> Result:
+    """Compare, store, log; raise ReconciliationMismatch listing the windows that differ.
+    `conn` must not autocommit (the run and its mismatches land together)."""
+    if now is None:
+        cur = conn.cursor()
+        cur.execute(queries()["now"])
+        now = cur.fetchone()[0]
+        cur.close()
+    result = compare(conn, bounds(now, window_s, lateness_s, settle_s))
+    run_id = store(conn, result, airflow_run_id)
+    log.info("reconciliation run %d: %s", run_id, result.summary())
+    bad = result.mismatches
+    if not bad:
+        return result
+    lines = [c.describe() for c in bad[:LOG_MISMATCHES]]
+    if len(bad) > LOG_MISMATCHES:
+        lines.append(f"... and {len(bad) - LOG_MISMATCHES} more (stream_reconciliation_mismatches)")
+    for line in lines:
+        log.error("mismatch: %s", line)
+    raise ReconciliationMismatch(
+        f"{len(bad)} of {len(result.checks)} windows differ from the source "
+        f"(reconciliation run {run_id}):\n" + "\n".join(lines)
+    )
+
+
+def run_from_settings(settle_s: int | None, airflow_run_id: str | None) -> Result:
+    """What the DAG's task runs: the platform settings, the reconcile role's connection."""
+    from regstream.db import connect
+    from regstream.settings import env_int, setting
+
+    conn = connect(MYSQL_RECONCILE_CONN_ID, autocommit=False)
+    try:
+        return reconcile(
+            conn,
+            window_s=interval_seconds(setting("REGSTREAM_WINDOW")),
+            lateness_s=interval_seconds(setting("REGSTREAM_LATENESS")),
+            settle_s=env_int("REGSTREAM_RECONCILE_SETTLE_S") if settle_s is None else settle_s,
+            airflow_run_id=airflow_run_id,
+        )
+    finally:
+        conn.close()
