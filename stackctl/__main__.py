@@ -183,10 +183,7 @@ def status(s: config.Settings) -> int:
     return 1 if down else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
-    )
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stackctl", description=__doc__)
     p.add_argument("--profile", choices=sorted(config.PROFILES), default=None)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -205,47 +202,69 @@ def main(argv: list[str] | None = None) -> int:
     p_exec = sub.add_parser("exec", help="(supervisord's command) run one Airflow component")
     p_exec.add_argument("component", help="api-server, scheduler, ..., celery-worker-N")
     sub.add_parser("stream-stop", help="pause the stream DAG and stop the Spark job cleanly")
-    args = p.parse_args(argv)
+    return p
+
+
+def logs(s: config.Settings, service: str, n: int, follow: bool) -> int:
+    names = [p.name for p in services.programs(s)] + ["supervisord"]
+    if service not in names:
+        log.error("no service %r in profile %s: one of %s", service, s.profile, names)
+        return 2
+    logfile = s.logs / f"{service}.log"
+    os.execvp("tail", ["tail", f"-n{n}"] + (["-F"] if follow else []) + [str(logfile)])
+
+
+def stream_stop(s: config.Settings) -> None:
+    airflow_cli(s, "dags", "pause", "stream_registration_counts", "-y")
+    stop = s.spark_state / "checkpoints" / "STOP"
+    stop.parent.mkdir(parents=True, exist_ok=True)
+    stop.touch()
+    print(
+        f"paused stream_registration_counts and asked the job to stop ({stop}); "
+        "`airflow dags unpause stream_registration_counts` restarts it"
+    )
+
+
+def print_env(s: config.Settings) -> None:
+    import shlex
+
+    for k, v in services.airflow_env(s).items():
+        if k.startswith(("AIRFLOW", "REGSTREAM")):
+            print(f"export {k}={shlex.quote(v)}")
+
+
+def run(s: config.Settings, args: argparse.Namespace) -> int:
+    """One command of `parser()`; its exit code."""
+    if args.cmd == "up":
+        up(s, airflow=not args.no_airflow, unpause=not args.paused)
+    elif args.cmd == "down":
+        print(f"stopped {len(services.stop_all(s))} processes of profile {s.profile}")
+    elif args.cmd == "status":
+        return status(s)
+    elif args.cmd == "logs":
+        return logs(s, args.service, args.n, args.f)
+    elif args.cmd == "exec":
+        services.exec_component(s, args.component)
+    elif args.cmd == "install":
+        install.everything(s, with_test_packages=args.with_test_packages)
+    elif args.cmd == "stream-stop":
+        stream_stop(s)
+    elif args.cmd == "env":
+        print_env(s)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
+    args = parser().parse_args(argv)
     s = config.load(args.profile)
     try:
-        if args.cmd == "up":
-            up(s, airflow=not args.no_airflow, unpause=not args.paused)
-        elif args.cmd == "down":
-            pids = services.stop_all(s)
-            print(f"stopped {len(pids)} processes of profile {s.profile}")
-        elif args.cmd == "status":
-            return status(s)
-        elif args.cmd == "logs":
-            names = [p.name for p in services.programs(s)] + ["supervisord"]
-            if args.service not in names:
-                log.error("no service %r in profile %s: one of %s", args.service, s.profile, names)
-                return 2
-            logfile = s.logs / f"{args.service}.log"
-            cmd = ["tail", f"-n{args.n}"] + (["-F"] if args.f else []) + [str(logfile)]
-            os.execvp("tail", cmd)
-        elif args.cmd == "exec":
-            services.exec_component(s, args.component)
-        elif args.cmd == "install":
-            install.everything(s, with_test_packages=args.with_test_packages)
-        elif args.cmd == "stream-stop":
-            airflow_cli(s, "dags", "pause", "stream_registration_counts", "-y")
-            stop = s.spark_state / "checkpoints" / "STOP"
-            stop.parent.mkdir(parents=True, exist_ok=True)
-            stop.touch()
-            print(
-                f"paused stream_registration_counts and asked the job to stop ({stop}); "
-                "`airflow dags unpause stream_registration_counts` restarts it"
-            )
-        elif args.cmd == "env":
-            import shlex
-
-            for k, v in services.airflow_env(s).items():
-                if k.startswith(("AIRFLOW", "REGSTREAM")):
-                    print(f"export {k}={shlex.quote(v)}")
+        return run(s, args)
     except (services.ServiceError, supervisor.SupervisorError, ValueError) as exc:
         log.error("%s", exc)
         return 1
-    return 0
 
 
 if __name__ == "__main__":
