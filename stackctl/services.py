@@ -855,6 +855,38 @@ def exec_component(s: Settings, component: str) -> None:
     os.execve(airflow, [airflow, *_component_argv(component)], env)
 
 
+# The settings `stackctl exec` must see to rebuild this profile's Settings: base_env drops
+# every REG_* variable, so without them a component of a profile started on other ports or
+# another state folder would read the default ones (seen: an API server on REG_PG_PORT=5463
+# connecting to 5443). None of them is a secret.
+_SETTINGS_ENV = {
+    "REG_STATE_DIR": "state",
+    "REG_MYSQL_PORT": "mysql_port",
+    "REG_KAFKA_PORT": "kafka_port",
+    "REG_KAFKA_CONTROLLER_PORT": "kafka_controller_port",
+    "REG_AIRFLOW_PORT": "airflow_port",
+    "REG_AIRFLOW_PARALLELISM": "airflow_parallelism",
+    "REG_AIRFLOW_API_WORKERS": "airflow_api_workers",
+    "REG_PG_PORT": "pg_port",
+    "REG_KAFKA_HEAP_MB": "kafka_heap_mb",
+    "REG_SPARK_SHUFFLE_PARTITIONS": "spark_shuffle_partitions",
+    "REG_SPARK_DRIVER_MEMORY": "spark_driver_memory",
+    "REG_SPARK_MASTER": "spark_master",
+    "REG_TOPIC_PARTITIONS": "topic_partitions",
+    "REG_CELERY_WORKERS": "celery_workers",
+    "REG_SPARK_WORKERS": "spark_workers",
+    "REG_SPARK_MASTER_PORT": "spark_master_port",
+    "REG_SPARK_MASTER_UI_PORT": "spark_master_ui",
+    "REG_REDIS_PORT": "redis_port",
+    "REG_SPARK_WORKER_MEMORY": "spark_worker_memory",
+}
+
+
+def settings_env(s: Settings) -> dict[str, str]:
+    """The REG_* variables under which `config.load(s.profile)` returns `s`."""
+    return {var: str(getattr(s, field)) for var, field in _SETTINGS_ENV.items()}
+
+
 def _airflow_programs(s: Settings) -> list[Program]:
     python = str(s.venv / "bin" / "python")
     return [
@@ -863,6 +895,7 @@ def _airflow_programs(s: Settings) -> list[Program]:
             [python, "-m", "stackctl", "--profile", s.profile, "exec", c],
             ROOT,
             startsecs=5,
+            env=settings_env(s),
         )
         for c in airflow_components(s)
     ]
