@@ -9,24 +9,40 @@ Usage:
       [--trigger "1 second"] [--max-offsets-per-trigger 500000] [--min-partitions N] \\
       [--sink-conn-env AIRFLOW_CONN_MYSQL_STREAM] [--progress-retention-days 7]
 
-Speed on 2 cores (benchmarks/bench_stream.py): Kafka offset ranges split into at least as many
-tasks as cores (--min-partitions), Spark's built-in ISO timestamp parser, RocksDB state without
-a total-row count (a read per write), ParallelGC (regstream.settings.spark_submit_conf).
+What it does with each micro-batch (one query, `Sink.write_batch`), in one MySQL transaction:
+  valid events on time   -> added to their (window, store) in registrations_per_window
+  valid events too late  -> stream_late_events, one row per event_id, with the watermark
+  not valid events       -> stream_quarantine, with the raw value and the reason
+  offsets and watermark  -> stream_sink_commits
+Event time is the customer's registration time (`create_date`). The watermark is the newest
+event time counted before the batch minus --lateness; an event older than it is not counted.
 
-Two queries share the application:
-  registration_counts      valid events -> dedup by event_id -> count per (window, store)
-                           -> idempotent upsert into registrations_per_window
-  registration_quarantine  messages that are not valid events -> stream_quarantine, with the
-                           raw value and the reason
-Event time is the customer's registration time (`create_date`). Events older than the
-watermark (newest event time seen minus --lateness) are dropped by Spark and counted per
-micro-batch in stream_progress.late_rows_dropped (and the log), never silently.
+How the counts stay exact without a dedup state (why the cost does not grow with history):
+- No copies at the source. The publisher commits the events and its watermark in one Kafka
+  transaction (regstream.publish); this job reads with isolation.level=read_committed, so what
+  a publisher killed before its commit produced is never seen, and each event_id is in the
+  committed log once. Earlier versions dropped copies here with dropDuplicatesWithinWatermark
+  over 7 days, a state of every event id of the week that each micro-batch scanned.
+- No batch applied twice. The offsets a batch reached are committed with its counts
+  (stream_sink_commits), and each batch first drops the rows below them: a batch replayed
+  after a crash (the driver killed after the MySQL commit, before Spark's), or a new checkpoint
+  starting earlier, adds nothing. A new checkpoint starts where the sink stopped.
+- Late events are recorded by event_id in the same transaction: a killed batch records them
+  once, with its counts, or not at all (and is replayed).
+So the job holds no state in Spark: a batch costs what its rows cost, and a window's count
+lives in MySQL (stream_count, added to once per batch; `registrations` is set from it, so a
+corrupted `registrations` is rewritten the next time the window changes).
+
+Speed on 2 cores (benchmarks/bench_stream.py): one pass over the batch (a summary per Kafka
+partition, store and slide bucket, a few hundred rows), offset ranges split into at least as
+many tasks as cores (--min-partitions), Spark's built-in ISO timestamp parser, ParallelGC.
+
 The MySQL sink's credentials come from an environment variable holding an Airflow connection
 (JSON or URI), never from the command line.
 
 Stopping: SIGTERM or SIGINT to the driver's Python process, or touching <checkpoint-dir>/STOP
-(`make stream-stop`), stops both queries and exits 0; a restart resumes from the checkpoint.
-A query that fails stops the other one and the job exits non-zero.
+(`make stream-stop`), stops the query and exits 0; a restart resumes from the checkpoint.
+A query that fails makes the job exit non-zero.
 """
 
 from __future__ import annotations
@@ -40,7 +56,10 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -64,6 +83,7 @@ from pyspark.sql.types import (
 log = logging.getLogger("registration_counts")
 
 SCHEMA_VERSION = 1
+EVENT_TYPE = "customer_registered"
 EVENT_SCHEMA = StructType(
     [
         StructField("schema_version", IntegerType()),
@@ -88,7 +108,6 @@ PARSE_SCHEMA = StructType([f for f in EVENT_SCHEMA.fields if f.name in REQUIRED]
 JSON_OPTIONS = {"mode": "PERMISSIVE"}
 
 COUNTS_QUERY = "registration_counts"
-QUARANTINE_QUERY = "registration_quarantine"
 
 
 def _reason(raw: Column, parsed: Column) -> Column:
@@ -108,12 +127,18 @@ def _reason(raw: Column, parsed: Column) -> Column:
         )
     checks.append(
         F.when(
+            parsed["event_type"].isNotNull() & (parsed["event_type"] != EVENT_TYPE),
+            F.concat(F.lit("unsupported event_type "), parsed["event_type"]),
+        )
+    )
+    checks.append(
+        F.when(
             parsed["schema_version"].isNotNull() & (parsed["schema_version"] != SCHEMA_VERSION),
             F.concat(F.lit("unsupported schema_version "), parsed["schema_version"].cast("string")),
         )
     )
     detailed = F.concat_ws("; ", *checks)
-    ok = parsed["schema_version"] == SCHEMA_VERSION
+    ok = (parsed["schema_version"] == SCHEMA_VERSION) & (parsed["event_type"] == EVENT_TYPE)
     for name in REQUIRED:
         ok = ok & parsed[name].isNotNull()
     # The detailed (second) parse runs only for bad messages.
@@ -150,31 +175,110 @@ def parse_events(kafka_rows: DataFrame) -> DataFrame:
     )
 
 
-def build_counts(
-    events: DataFrame, window: str = "1 minute", slide: str | None = None, lateness: str = "7 days"
-) -> DataFrame:
-    """Valid events -> registrations per (window, store), repeats of an event_id counted once."""
-    # Only the three columns the count needs: dedup state and both shuffles carry whole
-    # rows otherwise (raw JSON included), several times the bytes.
-    valid = events.where(F.col("reason").isNull()).select("event_id", "store_id", "create_date")
-    if valid.isStreaming:
-        deduped = valid.withWatermark("create_date", lateness).dropDuplicatesWithinWatermark(
-            ["event_id"]
-        )
-    else:
-        # A static frame (unit tests) holds every event at once: a plain dedup is the same.
-        deduped = valid.dropDuplicates(["event_id"])
-    win = F.window("create_date", window, slide) if slide else F.window("create_date", window)
-    return (
-        deduped.groupBy(win.alias("w"), F.col("store_id"))
-        .agg(F.count(F.lit(1)).alias("registrations"))
-        .select(
-            F.col("w.start").alias("window_start"),
-            F.col("w.end").alias("window_end"),
-            "store_id",
-            "registrations",
-        )
+def parse_interval(text: str) -> timedelta:
+    """ "1 minute", "30 seconds", "7 days" (Spark's interval words) -> timedelta."""
+    units = {
+        "millisecond": 0.001,
+        "second": 1,
+        "minute": 60,
+        "hour": 3600,
+        "day": 86400,
+        "week": 7 * 86400,
+    }
+    parts = text.lower().split()
+    if len(parts) != 2 or parts[1].rstrip("s") not in units:
+        raise ValueError(f"not an interval: {text!r} (expected e.g. '1 minute', '7 days')")
+    return timedelta(seconds=float(parts[0]) * units[parts[1].rstrip("s")])
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Event-time windows of `length` starting every `slide` (tumbling: slide == length),
+    aligned to the epoch like Spark's window()."""
+
+    length: timedelta
+    slide: timedelta
+
+    @classmethod
+    def parse(cls, window: str, slide: str | None = None) -> Windows:
+        length = parse_interval(window)
+        step = parse_interval(slide) if slide else length
+        if step <= timedelta(0) or length % step:
+            raise ValueError(f"the window ({window}) must be a multiple of the slide ({slide})")
+        return cls(length, step)
+
+    @property
+    def bucket_us(self) -> int:
+        return self.slide // timedelta(microseconds=1)
+
+    def of_bucket(self, bucket_us: int) -> list[tuple[datetime, datetime]]:
+        """Every window holding the events of the slide-long bucket starting at bucket_us."""
+        start = EPOCH + timedelta(microseconds=bucket_us)
+        n = self.length // self.slide
+        return [(start - k * self.slide, start - k * self.slide + self.length) for k in range(n)]
+
+
+EPOCH = datetime(1970, 1, 1)
+OK, LATE, BAD = "ok", "late", "bad"
+
+
+def classify(events: DataFrame, watermark: datetime | None) -> DataFrame:
+    """Adds `kind`: bad (not a usable event), late (older than the watermark: not counted,
+    recorded by event_id) or ok."""
+    kind = F.when(F.col("reason").isNotNull(), F.lit(BAD))
+    if watermark is not None:
+        wm_us = (watermark - EPOCH) // timedelta(microseconds=1)
+        kind = kind.when(F.unix_micros("create_date") < F.lit(wm_us), F.lit(LATE))
+    return events.withColumn("kind", kind.otherwise(F.lit(OK)))
+
+
+def summarize(events: DataFrame, windows: Windows) -> DataFrame:
+    """One small row per (kind, Kafka partition, store, slide bucket): how many rows, the last
+    offset, the newest event time. Every row falls in exactly one bucket, so the counts per
+    window, the rows consumed and the offsets all come from this one pass over the batch."""
+    bucket = F.floor(F.unix_micros("create_date") / windows.bucket_us) * windows.bucket_us
+    return events.groupBy(
+        "kind", "partition", "store_id", bucket.cast("long").alias("bucket_us")
+    ).agg(
+        F.count(F.lit(1)).alias("n"),
+        F.max("offset").alias("last_offset"),
+        F.max(F.unix_micros("create_date")).alias("newest_us"),
     )
+
+
+@dataclass
+class BatchResult:
+    """What a micro-batch adds, from the rows of `summarize`."""
+
+    counts: dict[tuple[datetime, datetime, int], int] = field(default_factory=dict)
+    rows: Counter[str] = field(default_factory=Counter)
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    newest: datetime | None = None
+
+    @classmethod
+    def of(cls, summary: Iterable[Any], windows: Windows) -> BatchResult:
+        r = cls()
+        for row in summary:
+            r.rows[row.kind] += row.n
+            p = int(row.partition)
+            r.next_offsets[p] = max(r.next_offsets.get(p, 0), int(row.last_offset) + 1)
+            if row.kind != OK:
+                continue
+            newest = EPOCH + timedelta(microseconds=row.newest_us)
+            r.newest = newest if r.newest is None else max(r.newest, newest)
+            for start, end in windows.of_bucket(row.bucket_us):
+                key = (start, end, int(row.store_id))
+                r.counts[key] = r.counts.get(key, 0) + int(row.n)
+        return r
+
+
+def offsets_filter(applied: dict[int, int]) -> Column:
+    """Rows at or after the offsets the sink has applied (all rows of a partition it has
+    not seen): a replayed batch, or a new checkpoint starting earlier, adds nothing twice."""
+    start: Column = F.lit(0)
+    for partition, offset in applied.items():
+        start = F.when(F.col("partition") == partition, F.lit(offset)).otherwise(start)
+    return F.col("offset") >= start
 
 
 # ------------------------------------------------------------------ MySQL sink
@@ -212,35 +316,35 @@ def mysql_connect(params: dict[str, Any]) -> Any:
     return conn
 
 
-UPSERT = (
-    "INSERT INTO registrations_per_window (window_start, window_end, store_id, registrations, "
-    "batch_id, query_id) VALUES (%s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
-    # Set, never add: a replayed batch writes the same numbers. Within one checkpoint (one
-    # query id) a stale batch never overwrites a newer one. A new checkpoint (batch ids start
-    # again at 0, counts recomputed from the topic) takes the window over. The assignments run
-    # left to right, each seeing the ones before: query_id is assigned last, so both tests
-    # compare with the row's old query_id.
-    "registrations = IF(query_id <=> VALUES(query_id) AND VALUES(batch_id) < batch_id, "
-    "registrations, VALUES(registrations)), "
-    "batch_id = IF(query_id <=> VALUES(query_id), GREATEST(batch_id, VALUES(batch_id)), "
-    "VALUES(batch_id)), "
-    "query_id = VALUES(query_id)"
+COUNTS = (
+    "INSERT INTO registrations_per_window (window_start, window_end, store_id, stream_count, "
+    "registrations, batch_id, query_id) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+    # stream_count is the stream's running count (its state, added to once per batch);
+    # registrations, what readers see, is set from it: the assignments run left to right.
+    "ON DUPLICATE KEY UPDATE stream_count = stream_count + VALUES(stream_count), "
+    "registrations = stream_count, batch_id = VALUES(batch_id), query_id = VALUES(query_id)"
 )
-# For a table from before sql/20_stream.sql added query_id: batch ids only, so after a new
-# checkpoint existing windows keep their counts until batch ids catch up (logged at start).
-UPSERT_WITHOUT_QUERY_ID = (
-    "INSERT INTO registrations_per_window (window_start, window_end, store_id, registrations, "
-    "batch_id) VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
-    "registrations = IF(VALUES(batch_id) >= batch_id, VALUES(registrations), registrations), "
-    "batch_id = GREATEST(batch_id, VALUES(batch_id))"
-)
-HAS_QUERY_ID = (
-    "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
-    "AND TABLE_NAME = 'registrations_per_window' AND COLUMN_NAME = 'query_id'"
+LATE_EVENTS = (
+    "INSERT IGNORE INTO stream_late_events (event_id, customer_id, store_id, create_date, "
+    "event_watermark, reason, topic, kafka_partition, kafka_offset, batch_id) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 QUARANTINE = (
     "INSERT IGNORE INTO stream_quarantine (topic, kafka_partition, kafka_offset, "
     "kafka_timestamp, raw_key, raw_value, reason) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+SINK_STATE = (
+    "SELECT kafka_end_offsets, max_event_time FROM stream_sink_commits WHERE query_name = %s"
+)
+COMMIT = (
+    "INSERT INTO stream_sink_commits (query_name, query_id, batch_id, kafka_end_offsets, "
+    "max_event_time, event_watermark, events_counted, late_events) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
+    "query_id = VALUES(query_id), batch_id = VALUES(batch_id), "
+    "kafka_end_offsets = VALUES(kafka_end_offsets), max_event_time = VALUES(max_event_time), "
+    "event_watermark = VALUES(event_watermark), "
+    "events_counted = events_counted + VALUES(events_counted), "
+    "late_events = late_events + VALUES(late_events)"
 )
 PROGRESS = (
     "INSERT INTO stream_progress (query_name, batch_id, input_rows, rows_per_second, "
@@ -251,27 +355,56 @@ PROGRESS = (
     "late_rows_dropped = VALUES(late_rows_dropped), "
     "kafka_end_offsets = VALUES(kafka_end_offsets), finished_at = CURRENT_TIMESTAMP(6)"
 )
+# While idle the job writes no batch rows: this one row (batch -1) says it is alive.
+HEARTBEAT_BATCH_ID = -1
 PRUNE_PROGRESS = (
-    # Rows that recorded dropped late events are kept: they are the record of what was lost.
-    "DELETE FROM stream_progress WHERE finished_at < NOW(6) - INTERVAL %s DAY "
-    "AND late_rows_dropped = 0 LIMIT 100000"
+    "DELETE FROM stream_progress WHERE finished_at < NOW(6) - INTERVAL %s DAY LIMIT 100000"
 )
 PRUNE_EVERY_S = 3600.0
+REQUIRED_SCHEMA = (
+    "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND "
+    "((TABLE_NAME = 'registrations_per_window' AND COLUMN_NAME = 'stream_count') OR "
+    "(TABLE_NAME = 'stream_sink_commits' AND COLUMN_NAME = 'kafka_end_offsets') OR "
+    "(TABLE_NAME = 'stream_late_events' AND COLUMN_NAME = 'event_id'))"
+)
+
+
+@dataclass(frozen=True)
+class SinkState:
+    """What the sink has applied: the next Kafka offset per partition of the topic, and the
+    newest event time counted (the watermark is that minus the lateness)."""
+
+    offsets: dict[int, int]
+    max_event_time: datetime | None
+
+    @classmethod
+    def of(cls, row: tuple | None, topic: str) -> SinkState:
+        if row is None:
+            return cls({}, None)
+        offsets = json.loads(row[0] or "{}").get(topic, {})
+        return cls({int(p): int(o) for p, o in offsets.items()}, row[1])
 
 
 class Sink:
-    """Writes from the driver; results per batch are small (only the windows it touched).
+    """Applies each micro-batch to MySQL in one transaction: the counts, the too-late events,
+    the quarantined messages, and the offsets and watermark the batch reached.
 
-    Each query's foreachBatch and the progress listener call in from their own thread, and a
-    MySQLdb connection is not thread-safe: every thread gets its own connection."""
+    The foreachBatch thread and the listener's thread each get their own connection
+    (a MySQLdb connection is not thread-safe)."""
 
     def __init__(
         self,
         params: dict[str, Any],
+        topic: str,
+        windows: Windows,
+        lateness: timedelta,
         progress_retention_days: int = 7,
         query_id_timeout_s: float = 120.0,
     ) -> None:
         self.params = params
+        self.topic = topic
+        self.windows = windows
+        self.lateness = lateness
         self.progress_retention_days = progress_retention_days
         self.query_id_timeout_s = query_id_timeout_s
         self._pruned_at: float | None = None
@@ -280,11 +413,10 @@ class Sink:
         self._conns_lock = threading.Lock()
         self._query_ids: dict[str, str] = {}
         self._query_started = threading.Condition()
-        self._upsert: str | None = None
 
     # -- connections
 
-    def _cursor(self) -> Any:
+    def _conn(self) -> Any:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             try:
@@ -298,7 +430,7 @@ class Sink:
             self._local.conn = conn
             with self._conns_lock:
                 self._conns.append(conn)
-        return conn.cursor()
+        return conn
 
     def _forget(self, conn: Any) -> None:
         with self._conns_lock:
@@ -310,11 +442,21 @@ class Sink:
             pass  # already broken: the server has dropped it
 
     def close(self) -> None:
-        """Close every thread's connection (once the queries and the listener are stopped)."""
+        """Close every thread's connection (once the query and the listener are stopped)."""
         with self._conns_lock:
             conns, self._conns = self._conns, []
         for conn in conns:
             conn.close()
+
+    def check_schema(self) -> None:
+        cur = self._conn().cursor()
+        cur.execute(REQUIRED_SCHEMA)
+        if cur.fetchone()[0] != 3:
+            raise SystemExit(
+                "the sink tables are missing or old: apply sql/20_stream.sql (`make up` does) "
+                "to the sink database"
+            )
+        cur.close()
 
     # -- the query id: which checkpoint a batch belongs to
 
@@ -332,84 +474,202 @@ class Sink:
             if not known:
                 raise RuntimeError(
                     f"the query id of {query_name} is still unknown after "
-                    f"{self.query_id_timeout_s:.0f}s: start queries with start_queries(), which "
-                    "hands each id to the sink"
+                    f"{self.query_id_timeout_s:.0f}s: start the query with start_query(), "
+                    "which hands its id to the sink"
                 )
             return self._query_ids[query_name]
 
-    # -- writes
+    # -- reads
 
-    def write_counts(self, batch: DataFrame, batch_id: int) -> None:
+    def state(self) -> SinkState:
+        cur = self._conn().cursor()
+        cur.execute(SINK_STATE, (COUNTS_QUERY,))
+        row = cur.fetchone()
+        cur.close()
+        return SinkState.of(row, self.topic)
+
+    def watermark(self, state: SinkState) -> datetime | None:
+        return state.max_event_time - self.lateness if state.max_event_time else None
+
+    # -- the batch
+
+    def write_batch(self, batch: DataFrame, batch_id: int) -> None:
+        """foreachBatch: one pass over the batch for the summary; the rare bad and too-late
+        rows are read again for their details; then one MySQL transaction."""
+        t0 = time.monotonic()
         query_id = self.query_id(COUNTS_QUERY)
-        rows = [
-            (r.window_start, r.window_end, r.store_id, r.registrations, batch_id, query_id)
-            for r in batch.collect()
-        ]
-        if rows:
-            self.upsert_counts(rows)
+        state = self.state()
+        watermark = self.watermark(state)
+        events = classify(parse_events(batch.where(offsets_filter(state.offsets))), watermark)
+        result = BatchResult.of(summarize(events, self.windows).collect(), self.windows)
+        late = self._details(events, LATE, LATE_COLUMNS) if result.rows[LATE] else []
+        bad = self._details(events, BAD, BAD_COLUMNS) if result.rows[BAD] else []
+        self.commit(batch_id, query_id, state, result, late, bad, t0)
 
-    def upsert_counts(self, rows: Sequence[tuple]) -> None:
-        """Rows of (window_start, window_end, store_id, registrations, batch_id, query_id)."""
-        cur = self._cursor()
-        if self._upsert is None:
-            cur.execute(HAS_QUERY_ID)
-            self._upsert = UPSERT if cur.fetchone() else UPSERT_WITHOUT_QUERY_ID
-            if self._upsert is UPSERT_WITHOUT_QUERY_ID:
-                log.warning(
-                    "registrations_per_window has no query_id column: apply sql/20_stream.sql. "
-                    "Until then, after a new checkpoint existing windows are not updated until "
-                    "its batch ids pass the old ones"
+    @staticmethod
+    def _details(events: DataFrame, kind: str, columns: tuple[str, ...]) -> list[Any]:
+        return events.where(F.col("kind") == kind).select(*columns).collect()
+
+    def commit(
+        self,
+        batch_id: int,
+        query_id: str,
+        state: SinkState,
+        result: BatchResult,
+        late: list[Any],
+        bad: list[Any],
+        t0: float,
+    ) -> None:
+        """Everything the batch adds, with the offsets and watermark it reached, or nothing."""
+        conn = self._conn()
+        cur = conn.cursor()
+        cur.execute("START TRANSACTION")
+        try:
+            cur.execute(SINK_STATE + " FOR UPDATE", (COUNTS_QUERY,))
+            if SinkState.of(cur.fetchone(), self.topic) != state:
+                raise RuntimeError(
+                    "stream_sink_commits changed during the batch: is a second job writing "
+                    "to this database?"
                 )
-        if self._upsert is UPSERT_WITHOUT_QUERY_ID:
-            rows = [r[:5] for r in rows]
-        cur.executemany(self._upsert, rows)
-        cur.close()
-
-    def write_quarantine(self, batch: DataFrame, batch_id: int) -> None:
-        rows = [
-            (
-                r.topic,
-                r.partition,
-                r.offset,
-                r.kafka_timestamp,
-                r.raw_key,
-                r.raw_value.encode() if r.raw_value is not None else None,
-                r.reason[:500],
+            watermark = self.watermark(state)
+            self._write_rows(cur, batch_id, query_id, result, watermark, late, bad)
+            newest = max(filter(None, (state.max_event_time, result.newest)), default=None)
+            offsets = {**state.offsets, **result.next_offsets}
+            end_offsets = json.dumps({self.topic: {str(p): o for p, o in sorted(offsets.items())}})
+            new_wm = newest - self.lateness if newest else None
+            cur.execute(
+                COMMIT,
+                (
+                    COUNTS_QUERY,
+                    query_id,
+                    batch_id,
+                    end_offsets,
+                    newest,
+                    new_wm,
+                    result.rows[OK],
+                    len(late),
+                ),
             )
-            for r in batch.select(
-                "topic", "partition", "offset", "kafka_timestamp", "raw_key", "raw_value", "reason"
-            ).collect()
-        ]
-        if rows:
-            cur = self._cursor()
-            cur.executemany(QUARANTINE, rows)
+            ms = int((time.monotonic() - t0) * 1000)
+            rows = sum(result.rows.values())
+            cur.execute(
+                PROGRESS,
+                (
+                    COUNTS_QUERY,
+                    batch_id,
+                    rows,
+                    round(rows / max(ms, 1) * 1000, 1),
+                    ms,
+                    new_wm,
+                    len(late),
+                    end_offsets,
+                ),
+            )
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
             cur.close()
-            log.info(
-                "quarantine batch %d: %d messages quarantined, first reason: %s",
-                batch_id,
-                len(rows),
-                rows[0][6],
+        self._log_batch(batch_id, result, len(late), len(bad), new_wm, end_offsets, ms)
+        self._prune_progress()
+
+    def _write_rows(
+        self,
+        cur: Any,
+        batch_id: int,
+        query_id: str,
+        result: BatchResult,
+        watermark: datetime | None,
+        late: list[Any],
+        bad: list[Any],
+    ) -> None:
+        if result.counts:
+            cur.executemany(
+                COUNTS,
+                [
+                    (s, e, store, n, n, batch_id, query_id)
+                    for (s, e, store), n in result.counts.items()
+                ],
+            )
+        if late:
+            reason = f"older than the watermark ({self.lateness} behind the newest event)"
+            cur.executemany(
+                LATE_EVENTS,
+                [
+                    (
+                        r.event_id,
+                        r.customer_id,
+                        r.store_id,
+                        r.create_date,
+                        watermark,
+                        reason,
+                        r.topic,
+                        r.partition,
+                        r.offset,
+                        batch_id,
+                    )
+                    for r in late
+                ],
+            )
+        if bad:
+            cur.executemany(
+                QUARANTINE,
+                [
+                    (
+                        r.topic,
+                        r.partition,
+                        r.offset,
+                        r.kafka_timestamp,
+                        r.raw_key,
+                        r.raw_value.encode() if r.raw_value is not None else None,
+                        r.reason[:500],
+                    )
+                    for r in bad
+                ],
             )
 
-    def write_progress(self, p: dict[str, Any]) -> None:
-        cur = self._cursor()
-        cur.execute(
-            PROGRESS,
-            (
-                p["name"],
-                p["batch_id"],
-                p["input_rows"],
-                p["rows_per_second"],
-                p["duration_ms"],
-                p["watermark"],
-                p["late_rows_dropped"],
-                p["end_offsets"],
-            ),
+    def _log_batch(
+        self,
+        batch_id: int,
+        result: BatchResult,
+        late: int,
+        bad: int,
+        watermark: datetime | None,
+        end_offsets: str,
+        ms: int,
+    ) -> None:
+        log.info(
+            "batch %d: %d rows in %d ms; counted %d events into %d windows, too late %d, "
+            "quarantined %d; watermark %s; offsets %s",
+            batch_id,
+            sum(result.rows.values()),
+            ms,
+            result.rows[OK],
+            len(result.counts),
+            late,
+            bad,
+            watermark,
+            end_offsets,
         )
-        self._prune_progress(cur)
+        if bad:
+            log.warning("batch %d: %d messages quarantined (see stream_quarantine)", batch_id, bad)
+        if late:
+            log.warning(
+                "batch %d: %d events older than the watermark %s were not counted "
+                "(see stream_late_events)",
+                batch_id,
+                late,
+                watermark,
+            )
+
+    def heartbeat(self) -> None:
+        """The listener's idle tick: the job is alive and has nothing to do."""
+        cur = self._conn().cursor()
+        cur.execute(PROGRESS, (COUNTS_QUERY, HEARTBEAT_BATCH_ID, 0, 0.0, 0, None, 0, None))
         cur.close()
 
-    def _prune_progress(self, cur: Any) -> None:
+    def _prune_progress(self) -> None:
         """stream_progress gets a row per micro-batch: prune old ones at start and hourly."""
         now = time.monotonic()
         if self.progress_retention_days <= 0 or (
@@ -417,6 +677,7 @@ class Sink:
         ):
             return
         self._pruned_at = now
+        cur = self._conn().cursor()
         cur.execute(PRUNE_PROGRESS, (self.progress_retention_days,))
         if cur.rowcount:
             log.info(
@@ -424,30 +685,19 @@ class Sink:
                 cur.rowcount,
                 self.progress_retention_days,
             )
+        cur.close()
 
 
-def progress_summary(progress: Any) -> dict[str, Any]:
-    """The fields of a StreamingQueryProgress that a person acts on."""
-    d = json.loads(progress.json) if hasattr(progress, "json") else progress
-    ops = d.get("stateOperators") or []
-    wm = (d.get("eventTime") or {}).get("watermark")
-    if wm and wm.startswith("1970-01-01"):
-        wm = None
-    sources = d.get("sources") or [{}]
-    return {
-        "name": d.get("name"),
-        "batch_id": d.get("batchId"),
-        "input_rows": d.get("numInputRows", 0),
-        "rows_per_second": round(d.get("processedRowsPerSecond") or 0.0, 1),
-        "duration_ms": (d.get("durationMs") or {}).get("triggerExecution"),
-        "watermark": wm.replace("T", " ").rstrip("Z")[:23] if wm else None,
-        "late_rows_dropped": sum(int(o.get("numRowsDroppedByWatermark", 0)) for o in ops),
-        # The state's total rows are not tracked (trackTotalNumberOfRows=false: a read per
-        # write); the rows written this batch and the state's memory are.
-        "state_rows_updated": sum(int(o.get("numRowsUpdated", 0)) for o in ops),
-        "state_mib": round(sum(int(o.get("memoryUsedBytes", 0)) for o in ops) / 2**20, 1),
-        "end_offsets": json.dumps(sources[0].get("endOffset")),
-    }
+LATE_COLUMNS = (
+    "event_id",
+    "customer_id",
+    "store_id",
+    "create_date",
+    "topic",
+    "partition",
+    "offset",
+)
+BAD_COLUMNS = ("topic", "partition", "offset", "kafka_timestamp", "raw_key", "raw_value", "reason")
 
 
 def progress_listener(sink: Sink) -> Any:
@@ -458,29 +708,21 @@ def progress_listener(sink: Sink) -> Any:
             log.info("query %s started (id %s, run %s)", event.name, event.id, event.runId)
 
         def onQueryProgress(self, event: Any) -> None:
-            p = progress_summary(event.progress)
-            if p["input_rows"] or p["name"] == COUNTS_QUERY:
-                log.info(
-                    "%s batch %s: %s input rows, %s rows/s, %s ms, watermark %s, late rows "
-                    "dropped %s, state rows updated %s, state memory %s MiB, offsets %s",
-                    p["name"],
-                    p["batch_id"],
-                    p["input_rows"],
-                    p["rows_per_second"],
-                    p["duration_ms"],
-                    p["watermark"],
-                    p["late_rows_dropped"],
-                    p["state_rows_updated"],
-                    p["state_mib"],
-                    p["end_offsets"],
-                )
-            try:
-                sink.write_progress(p)
-            except MySQLdb.Error as exc:  # progress rows must not kill the job
-                log.warning("could not record the progress of %s: %s", p["name"], exc)
+            d = json.loads(event.progress.json)
+            log.info(
+                "%s batch %s: %s input rows, %.0f rows/s, durations %s",
+                d.get("name"),
+                d.get("batchId"),
+                d.get("numInputRows", 0),
+                d.get("processedRowsPerSecond") or 0.0,
+                d.get("durationMs"),
+            )
 
         def onQueryIdle(self, event: Any) -> None:
-            pass
+            try:
+                sink.heartbeat()
+            except MySQLdb.Error as exc:  # a missed heartbeat must not kill the job
+                log.warning("could not record the heartbeat: %s", exc)
 
         def onQueryTerminated(self, event: Any) -> None:
             log.info("query %s terminated: %s", event.id, event.exception or "clean stop")
@@ -619,8 +861,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--progress-retention-days",
         type=int,
         default=int(setting("REGSTREAM_PROGRESS_RETENTION_DAYS")),
-        help="keep stream_progress rows this long, 0 = forever (default 7; rows that "
-        "recorded dropped late events are always kept)",
+        help="keep stream_progress rows this long, 0 = forever (default 7)",
     )
     p.add_argument(
         "--lock-timeout",
@@ -641,27 +882,42 @@ def configure_logging() -> None:
 
 
 def spark_session() -> SparkSession:
+    # No state store: the job keeps no state of its own in Spark (see the module docstring).
     spark = (
         SparkSession.builder.appName("registration_counts")
         .config("spark.sql.session.timeZone", "UTC")
-        .config(
-            "spark.sql.streaming.stateStore.providerClass",
-            "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
-        )
-        .config("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")
-        .config("spark.sql.streaming.stateStore.rocksdb.trackTotalNumberOfRows", "false")
+        # the listener's idle tick (the heartbeat row) while no data comes
+        .config("spark.sql.streaming.noDataProgressEventInterval", "5000")
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("WARN")
     return spark
 
 
-def kafka_source(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
+def starting_offsets(args: argparse.Namespace, state: SinkState) -> str:
+    """Where a new checkpoint starts: where the sink stopped (every partition of the topic
+    named; Spark requires all), else --starting-offsets. An existing checkpoint resumes
+    from its own offsets and ignores this."""
+    if not state.offsets:
+        return args.starting_offsets
+    from confluent_kafka.admin import AdminClient
+
+    meta = AdminClient({"bootstrap.servers": args.bootstrap}).list_topics(args.topic, timeout=30)
+    partitions = sorted(meta.topics[args.topic].partitions)
+    # -2: earliest, for a partition the sink has not seen yet
+    offsets = {str(p): state.offsets.get(p, -2) for p in partitions}
+    return json.dumps({args.topic: offsets})
+
+
+def kafka_source(spark: SparkSession, args: argparse.Namespace, starting: str) -> DataFrame:
     return (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", args.bootstrap)
         .option("subscribe", args.topic)
-        .option("startingOffsets", args.starting_offsets)
+        # only committed transactions of the publisher: what it produced before a crash and
+        # aborted is never seen (regstream.publish)
+        .option("kafka.isolation.level", "read_committed")
+        .option("startingOffsets", starting)
         .option("maxOffsetsPerTrigger", args.max_offsets_per_trigger)
         # Offset ranges are split into at least this many tasks: the topic's partitions can
         # be fewer than the cores, or one can hold most of the events.
@@ -670,33 +926,25 @@ def kafka_source(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
     )
 
 
-def start_queries(
+def start_query(
     spark: SparkSession, args: argparse.Namespace, sink: Sink, checkpoints: Path
-) -> list[StreamingQuery]:
-    """Both queries, each with its own checkpoint; the sink learns the counts query's id."""
-    counts = build_counts(
-        parse_events(kafka_source(spark, args)), args.window, args.slide, args.lateness
-    )
-    q_counts = (
-        counts.writeStream.queryName(COUNTS_QUERY)
-        .outputMode("update")
-        .foreachBatch(sink.write_counts)
+) -> StreamingQuery:
+    """The query; the sink learns its id (which checkpoint the batch ids belong to)."""
+    state = sink.state()
+    starting = starting_offsets(args, state)
+    query = (
+        kafka_source(spark, args, starting)
+        .writeStream.queryName(COUNTS_QUERY)
+        .foreachBatch(sink.write_batch)
         .option("checkpointLocation", str(checkpoints / COUNTS_QUERY))
         .trigger(processingTime=args.trigger)
         .start()
     )
-    sink.set_query_id(COUNTS_QUERY, str(q_counts.id))
-    bad = parse_events(kafka_source(spark, args)).where(F.col("reason").isNotNull())
-    q_bad = (
-        bad.writeStream.queryName(QUARANTINE_QUERY)
-        .foreachBatch(sink.write_quarantine)
-        .option("checkpointLocation", str(checkpoints / QUARANTINE_QUERY))
-        .trigger(processingTime=args.trigger)
-        .start()
-    )
+    sink.set_query_id(COUNTS_QUERY, str(query.id))
     log.info(
         "started: topic %s at %s, window %s, slide %s, lateness %s, trigger %s, checkpoints %s "
-        "(query id %s); SIGTERM the driver or touch %s to stop",
+        "(query id %s), sink offsets %s, watermark %s, a new checkpoint would start at %s; "
+        "SIGTERM the driver or touch %s to stop",
         args.topic,
         args.bootstrap,
         args.window,
@@ -704,10 +952,13 @@ def start_queries(
         args.lateness,
         args.trigger,
         checkpoints,
-        q_counts.id,
+        query.id,
+        state.offsets,
+        sink.watermark(state),
+        starting,
         checkpoints / "STOP",
     )
-    return [q_counts, q_bad]
+    return query
 
 
 def acquire_instance_lock(params: dict[str, Any], name: str, timeout: int) -> Any:
@@ -726,14 +977,24 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     params = mysql_params(args.sink_conn_env)
     checkpoints = Path(args.checkpoint_dir).resolve()
-    lock = acquire_instance_lock(params, f"regstream_stream:{checkpoints}"[-64:], args.lock_timeout)
-    sink = Sink(params, args.progress_retention_days)
+    # One job per sink database: the sink's offsets and watermark are per database.
+    lock = acquire_instance_lock(
+        params, f"regstream_stream:{params['database']}", args.lock_timeout
+    )
+    sink = Sink(
+        params,
+        args.topic,
+        Windows.parse(args.window, args.slide),
+        parse_interval(args.lateness),
+        args.progress_retention_days,
+    )
     try:
+        sink.check_schema()
         spark = spark_session()
         try:
             spark.streams.addListener(progress_listener(sink))
-            queries = start_queries(spark, args, sink, checkpoints)
-            return run_until_stopped(spark, queries, checkpoints / "STOP")
+            query = start_query(spark, args, sink, checkpoints)
+            return run_until_stopped(spark, [query], checkpoints / "STOP")
         finally:
             spark.stop()
     finally:

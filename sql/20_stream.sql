@@ -1,12 +1,14 @@
 -- Tables the Spark job writes (spark_jobs/registration_counts.py).
 
--- Registrations per store per event-time window; upserted by (window, store) so a replayed
--- micro-batch writes the same numbers.
+-- Registrations per store per event-time window. stream_count is the stream's own running
+-- count, added to once per micro-batch (in the transaction that records the batch's offsets
+-- in stream_sink_commits); registrations, what readers see, is set from it on every write.
 CREATE TABLE IF NOT EXISTS registrations_per_window (
   window_start DATETIME NOT NULL,
   window_end DATETIME NOT NULL,
   store_id SMALLINT UNSIGNED NOT NULL,
   registrations BIGINT UNSIGNED NOT NULL,
+  stream_count BIGINT UNSIGNED NOT NULL DEFAULT 0 COMMENT 'the stream''s state; see above',
   batch_id BIGINT NOT NULL,
   query_id CHAR(36) NULL COMMENT 'the streaming query (checkpoint) that wrote the count',
   last_updated TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
@@ -14,8 +16,8 @@ CREATE TABLE IF NOT EXISTS registrations_per_window (
   KEY idx_window_end (window_end)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
--- Tables made before query_id existed: batch ids restart at 0 with a new checkpoint, so the
--- upsert needs the query id to let a new checkpoint take existing windows over.
+-- Tables made before query_id existed (which checkpoint wrote a window last: for a person
+-- reading the table; the counts do not depend on it).
 -- (information_schema and a prepared statement: ADD COLUMN IF NOT EXISTS is MariaDB-only)
 SET @ddl = IF((SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()
                  AND TABLE_NAME = 'registrations_per_window' AND COLUMN_NAME = 'query_id') = 0,
@@ -24,6 +26,16 @@ SET @ddl = IF((SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEM
 PREPARE add_query_id FROM @ddl;
 EXECUTE add_query_id;
 DEALLOCATE PREPARE add_query_id;
+
+-- Tables made before stream_count existed: the stream's count starts from the one shown.
+SET @ddl = IF((SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()
+                 AND TABLE_NAME = 'registrations_per_window' AND COLUMN_NAME = 'stream_count') = 0,
+  'ALTER TABLE registrations_per_window ADD COLUMN stream_count BIGINT UNSIGNED NOT NULL DEFAULT 0 AFTER registrations',
+  'DO 0');
+PREPARE add_stream_count FROM @ddl;
+EXECUTE add_stream_count;
+DEALLOCATE PREPARE add_stream_count;
+UPDATE registrations_per_window SET stream_count = registrations WHERE stream_count = 0;
 
 -- Messages the job could not use, with the raw value and why; keyed by their Kafka position.
 CREATE TABLE IF NOT EXISTS stream_quarantine (

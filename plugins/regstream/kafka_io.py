@@ -21,6 +21,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from regstream.publish_errors import PublishError
+from regstream.watermark import Watermark, watermark_from_json, watermark_to_json
 
 log = logging.getLogger(__name__)
 librdkafka_log = logging.getLogger("regstream.librdkafka")
@@ -70,10 +71,135 @@ def connection_settings(kafka_conn_id: str) -> dict[str, Any]:
     return settings
 
 
-def make_producer(settings: Mapping[str, Any]) -> Any:
+# How long an open transaction of a publisher that died may hold back read_committed
+# consumers before the broker aborts it; the next publisher of the topic aborts it at once.
+TRANSACTION_TIMEOUT_MS = 60_000
+
+
+def transactional_id(topic: str) -> str:
+    """One per topic: a new publisher fences the one before it (a zombie cannot commit)."""
+    return f"regstream-publisher-{topic}"
+
+
+def state_topic(topic: str) -> str:
+    """Where the publisher's watermark lives, written in the same transaction as the events."""
+    return f"{topic}-publisher-state"
+
+
+def make_producer(settings: Mapping[str, Any], topic: str) -> Any:
+    """A transactional producer for `topic` (idempotent, acks=all)."""
     from confluent_kafka import Producer
 
-    return Producer(producer_config(settings))
+    return Producer(
+        {
+            **producer_config(settings),
+            "transactional.id": transactional_id(topic),
+            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+        }
+    )
+
+
+class Transactions:
+    """The Kafka side of a run: the events and the watermark that covers them are committed in
+    one Kafka transaction (KIP-618's exactly-once source: offsets committed with the records).
+
+    `fence()` registers the transactional id: any older publisher of the topic is fenced and
+    its open transaction aborted, so what it produced is never visible to read_committed
+    consumers. `read_state()` returns the watermark of the last committed transaction."""
+
+    def __init__(self, producer: Any, settings: Mapping[str, Any], topic: str) -> None:
+        self.producer = producer
+        self.settings = dict(settings)
+        self.topic = topic
+        self.state_topic = state_topic(topic)
+        self.fenced = False
+
+    def fence(self, timeout: float = 30.0) -> None:
+        if not self.fenced:
+            self._call(
+                "register the transactional producer", self.producer.init_transactions, timeout
+            )
+            self.fenced = True
+
+    def read_state(self, timeout: float = 30.0) -> Watermark | None:
+        raw = last_committed_value(self.settings, self.state_topic, self.topic.encode(), timeout)
+        return watermark_from_json(raw) if raw is not None else None
+
+    def begin(self) -> None:
+        self._call("begin a transaction", self.producer.begin_transaction)
+
+    def commit(self, state: Watermark, timeout: float = 60.0) -> None:
+        """Add the new watermark to the transaction and commit both."""
+        self.producer.produce(self.state_topic, watermark_to_json(state), self.topic.encode())
+        self._call("commit the transaction", self.producer.commit_transaction, timeout)
+
+    def abort(self) -> None:
+        try:
+            self.producer.abort_transaction(10)
+        except Exception as exc:  # noqa: BLE001 - fenced or broker gone: the broker aborts it
+            log.warning("could not abort the transaction (%s); the broker aborts it", exc)
+
+    def _call(self, what: str, fn: Any, *args: Any) -> None:
+        from confluent_kafka import KafkaException
+
+        try:
+            fn(*args)
+        except KafkaException as exc:
+            raise PublishError(
+                f"Kafka: could not {what} for topic {self.topic} ({exc}); "
+                "the watermark was not moved"
+            ) from exc
+
+
+def last_committed_value(
+    settings: Mapping[str, Any], topic: str, key: bytes, timeout: float = 30.0
+) -> bytes | None:
+    """The value of the last committed record with `key` in partition 0 of a compacted topic,
+    read backwards in growing steps from the end (the newest record is near the end)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            **settings,
+            "group.id": f"regstream-state-reader-{topic}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "logger": librdkafka_log,
+        }
+    )
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=timeout)
+        step = 64
+        while high > low:
+            start = max(low, high - step)
+            found = _read_to_end(consumer, TopicPartition(topic, 0, start), key, timeout)
+            if found is not None or start == low:
+                return found
+            step *= 8
+        return None
+    finally:
+        consumer.close()
+
+
+def _read_to_end(consumer: Any, tp: Any, key: bytes, timeout: float) -> bytes | None:
+    from confluent_kafka import KafkaError
+
+    consumer.assign([tp])
+    value = None
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            if time.monotonic() > deadline:
+                raise PublishError(f"Kafka: reading {tp.topic} took over {timeout:.0f}s")
+            continue
+        if msg.error() is not None:
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                return value
+            raise PublishError(f"Kafka: reading {tp.topic} failed: {msg.error()}")
+        if msg.key() == key:
+            value = msg.value()
 
 
 def admin_client(kafka_conn_id: str) -> Any:
@@ -94,6 +220,10 @@ def check_broker(client: Any, bootstrap: str, timeout: float = 10.0) -> Any:
         ) from exc
 
 
+# The publisher's state topic keeps only the newest watermark per key.
+STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.ms": "3600000"}
+
+
 def ensure_topic(
     admin: Any,
     topic: str,
@@ -102,23 +232,31 @@ def ensure_topic(
     bootstrap: str,
     timeout: float = 30.0,
     every: float = 0.1,
+    config: Mapping[str, str] | None = None,
 ) -> None:
     """Create the topic if it is missing, then wait until every partition has a leader, so
     that the first produce finds it ready."""
     if topic not in check_broker(admin, bootstrap).topics:
-        create_topic(admin, topic, partitions, replication, bootstrap, timeout)
+        create_topic(admin, topic, partitions, replication, bootstrap, timeout, config)
     wait_for_leaders(admin, topic, bootstrap, timeout, every)
 
 
 def create_topic(
-    admin: Any, topic: str, partitions: int, replication: int, bootstrap: str, timeout: float
+    admin: Any,
+    topic: str,
+    partitions: int,
+    replication: int,
+    bootstrap: str,
+    timeout: float,
+    config: Mapping[str, str] | None = None,
 ) -> None:
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import NewTopic
 
-    futures = admin.create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=replication)]
+    new = NewTopic(
+        topic, num_partitions=partitions, replication_factor=replication, config=dict(config or {})
     )
+    futures = admin.create_topics([new])
     try:
         futures[topic].result(timeout=timeout)
     except KafkaException as exc:

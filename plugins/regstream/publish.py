@@ -1,10 +1,19 @@
 """Publish CDC rows from `users_change_events` to Kafka, then advance the watermark.
 
-Order of a run: lock -> read the watermark -> read and produce every event above it or inside
-one of its gaps -> flush and require an acknowledgement (acks=all, idempotent producer) for
-every message -> write the new watermark. A crash anywhere before the last step leaves the
-watermark where it was: the next run sends those events again with the same event_id, which
-the stream drops.
+Order of a run: lock -> fence older publishers of the topic -> read the watermark -> begin a
+Kafka transaction -> read and produce every event above the watermark or inside one of its
+gaps -> flush and require an acknowledgement (acks=all) for every message -> add the new
+watermark to the transaction -> commit -> copy the watermark to MySQL.
+
+Exactly once at the source (KIP-618, as Kafka Connect's exactly-once source connectors do it):
+the watermark lives in a compacted Kafka topic (`<topic>-publisher-state`) and is committed
+in the same transaction as the events it covers, and consumers read with
+isolation.level=read_committed. A publisher killed anywhere before the commit (including
+between Kafka's acknowledgement and the watermark write) leaves an open transaction that the
+next publisher aborts when it registers (`init_transactions`), so the events it produced are
+never seen and the next run sends them once. A publisher killed after the commit leaves the
+MySQL copy behind; the next run reads the watermark from Kafka and brings the copy up to date.
+A zombie publisher (a task Airflow thinks dead) is fenced and cannot commit.
 
 Where the parts are:
 - `regstream.watermark`: the watermark and its gaps, a pure state machine (why it is exact,
@@ -30,6 +39,7 @@ from regstream.cdc_source import EventSource, MySqlEvents, Row
 from regstream.kafka_io import (
     PRODUCER_CONFIG,
     Deliveries,
+    Transactions,
     ensure_topic,
     flush_or_fail,
     produce_all,
@@ -51,6 +61,7 @@ __all__ = [
     "PublishResult",
     "PublisherBusy",
     "SchemaMissing",
+    "Transactions",
     "Watermark",
     "ensure_topic",
     "flush_or_fail",
@@ -103,7 +114,7 @@ def messages(batches: Iterable[list[Row]], run: Run) -> Iterator[tuple[bytes, by
 
 def publish_events(
     events: EventSource,
-    producer: Any,
+    out: Transactions,
     topic: str,
     *,
     bootstrap: str = "?",
@@ -113,7 +124,7 @@ def publish_events(
     clock: Callable[[], float] = time.time,
     on_acked: Callable[[Acked], None] | None = None,
 ) -> PublishResult:
-    """One publish run. `producer`: a confluent_kafka.Producer with PRODUCER_CONFIG."""
+    """One publish run; `out` is the topic's transactional producer (kafka_io.Transactions)."""
     t0 = time.monotonic()
     max_wait = settings.gap_max_wait_s() if gap_max_wait_s is None else gap_max_wait_s
     events.check_schema()
@@ -124,30 +135,24 @@ def publish_events(
             "this run changed nothing"
         )
     try:
-        before = events.read_watermark(topic)
-        run = Run(before, events.open_transactions(), max_events)
-        log.info(
-            "reading events above watermark %d and inside %d gaps (%d ids), at most %d",
-            before.last_event_id,
-            len(before.gaps),
-            sum(g.size for g in before.gaps),
+        out.fence()  # inside the lock: a second publisher never fences a running one
+        mirror = events.read_watermark(topic)
+        # The watermark committed with the events wins; the MySQL copy is for the gate and
+        # the monitoring, and the only source before the first transactional run.
+        before = out.read_state() or mirror
+        decision, offsets, sent = _transaction(
+            events,
+            out,
+            topic,
+            before,
             max_events,
+            flush_timeout,
+            bootstrap,
+            max_wait,
+            clock,
+            on_acked,
         )
-        deliveries = Deliveries()
-        read_started = time.monotonic()
-        with closing(events.read_events(run.plan)) as batches:
-            sent = produce_all(producer, topic, messages(batches, run), deliveries)
-        # Transactions open *after* the read: whoever holds a new gap's id is among them or
-        # has already ended.
-        open_after = events.open_transactions(read_started if run.found_new_gaps else None)
-        flush_or_fail(producer, sent, deliveries, bootstrap, flush_timeout)
-        moved = run.top != before.last_event_id
-        captured = events.captured_at(run.top) if moved else None
-        decision = run.decide(open_after, clock(), max_wait, captured)
-        offsets = dict(sorted(deliveries.offsets.items()))
-        if on_acked is not None:
-            on_acked(Acked(topic, before, decision, offsets))
-        store(events, topic, before, decision)
+        store(events, topic, mirror, decision)
         backlog = events.backlog(decision.state.last_event_id)
     finally:
         events.release_lock(lock)
@@ -163,8 +168,53 @@ def publish_events(
     )
 
 
-def store(events: EventSource, topic: str, before: Watermark, decision: Decision) -> None:
-    """Log what the run settled, then write the new watermark (if anything changed)."""
+def _transaction(
+    events: EventSource,
+    out: Transactions,
+    topic: str,
+    before: Watermark,
+    max_events: int,
+    flush_timeout: float,
+    bootstrap: str,
+    max_wait: float,
+    clock: Callable[[], float],
+    on_acked: Callable[[Acked], None] | None,
+) -> tuple[Decision, dict[int, tuple[int, int]], int]:
+    """Read, produce and commit the events above `before` with the new watermark, in one
+    Kafka transaction; aborted (never visible) if anything fails before the commit."""
+    run = Run(before, events.open_transactions(), max_events)
+    log.info(
+        "reading events above watermark %d and inside %d gaps (%d ids), at most %d",
+        before.last_event_id,
+        len(before.gaps),
+        sum(g.size for g in before.gaps),
+        max_events,
+    )
+    out.begin()
+    try:
+        deliveries = Deliveries()
+        read_started = time.monotonic()
+        with closing(events.read_events(run.plan)) as batches:
+            sent = produce_all(out.producer, topic, messages(batches, run), deliveries)
+        # Transactions open *after* the read: whoever holds a new gap's id is among them or
+        # has already ended.
+        open_after = events.open_transactions(read_started if run.found_new_gaps else None)
+        flush_or_fail(out.producer, sent, deliveries, bootstrap, flush_timeout)
+        moved = run.top != before.last_event_id
+        captured = events.captured_at(run.top) if moved else None
+        decision = run.decide(open_after, clock(), max_wait, captured)
+        offsets = dict(sorted(deliveries.offsets.items()))
+        if on_acked is not None:
+            on_acked(Acked(topic, before, decision, offsets))
+        out.commit(decision.state)
+    except BaseException:
+        out.abort()
+        raise
+    return decision, offsets, sent
+
+
+def store(events: EventSource, topic: str, mirror: Watermark, decision: Decision) -> None:
+    """Log what the run settled, then bring the MySQL copy of the watermark up to date."""
     if decision.rolled_back:
         log.info(
             "ids %s never committed (rolled back): every transaction open when they were "
@@ -173,13 +223,13 @@ def store(events: EventSource, topic: str, before: Watermark, decision: Decision
         )
     for given_up in decision.given_up:
         log.warning("GAVE UP on %s", given_up.reason)
-    if decision.changed:
-        events.write_watermark(topic, before.last_event_id, decision.state)
+    if decision.state != mirror:
+        events.write_watermark(topic, decision.state)
 
 
-def publish(conn: Any, producer: Any, topic: str, **kwargs: Any) -> PublishResult:
+def publish(conn: Any, out: Transactions, topic: str, **kwargs: Any) -> PublishResult:
     """`publish_events` on a MySQLdb connection (autocommit)."""
-    return publish_events(MySqlEvents(conn), producer, topic, **kwargs)
+    return publish_events(MySqlEvents(conn), out, topic, **kwargs)
 
 
 def has_work(conn: Any, pipeline: str) -> tuple[bool, str]:
@@ -250,8 +300,17 @@ class HookedPublisher:
                 settings.topic_replication(),
                 self.bootstrap,
             )
-            self.producer = kafka_io.make_producer(kafka)
-            kafka_io.check_broker(self.producer, self.bootstrap)
+            ensure_topic(
+                kafka_io.admin_client(kafka_conn_id),
+                kafka_io.state_topic(self.topic),
+                1,
+                settings.topic_replication(),
+                self.bootstrap,
+                config=kafka_io.STATE_TOPIC_CONFIG,
+            )
+            producer = kafka_io.make_producer(kafka, self.topic)
+            kafka_io.check_broker(producer, self.bootstrap)
+            self.out = Transactions(producer, kafka, self.topic)
         except BaseException:
             self.conn.close()
             raise
@@ -261,7 +320,7 @@ class HookedPublisher:
     ) -> PublishResult:
         result = publish_events(
             self.events,
-            self.producer,
+            self.out,
             self.topic,
             bootstrap=self.bootstrap,
             max_events=max_events,

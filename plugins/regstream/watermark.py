@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 Ranges = tuple[tuple[int, int], ...]
@@ -76,6 +77,30 @@ class Watermark:
     last_captured_at: Any = None
     gaps: tuple[Gap, ...] = ()
     events_published: int = 0
+
+
+def watermark_to_json(w: Watermark) -> bytes:
+    """The publisher state record stored in Kafka with the events it covers."""
+    captured = w.last_captured_at
+    return json.dumps(
+        {
+            "last_event_id": w.last_event_id,
+            "last_captured_at": captured.isoformat() if captured is not None else None,
+            "gaps": [g.to_json() for g in w.gaps],
+            "events_published": w.events_published,
+        }
+    ).encode()
+
+
+def watermark_from_json(raw: bytes | str) -> Watermark:
+    d = json.loads(raw)
+    captured = d.get("last_captured_at")
+    return Watermark(
+        int(d["last_event_id"]),
+        datetime.fromisoformat(captured) if captured else None,
+        tuple(Gap.from_json(g) for g in d.get("gaps", [])),
+        int(d.get("events_published", 0)),
+    )
 
 
 @dataclass(frozen=True)
@@ -282,4 +307,6 @@ __all__ = [
     "gaps_to_json",
     "ready_gaps",
     "subtract",
+    "watermark_from_json",
+    "watermark_to_json",
 ]

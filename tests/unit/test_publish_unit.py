@@ -51,7 +51,7 @@ class FakeEvents:
         self.next_id = 1
         self.committed: dict[int, int] = {}  # event_id -> store_id
         self.open: dict[str, list[int]] = {}
-        self.stored: dict[str, tuple[int, str, int]] = {}  # as the table row holds it
+        self.stored: dict[str, tuple[int, str, int]] = {}  # the MySQL copy, as its row holds it
         self.locks: set[str] = set()
 
     def insert(self, trx: str | None = None) -> int:
@@ -102,8 +102,7 @@ class FakeEvents:
     def captured_at(self, event_id: int) -> Any:
         return f"captured {event_id}"
 
-    def write_watermark(self, pipeline: str, expected_last_id: int, state: Watermark) -> None:
-        assert self.stored.get(pipeline, (0,))[0] == expected_last_id
+    def write_watermark(self, pipeline: str, state: Watermark) -> None:
         self.stored[pipeline] = (
             state.last_event_id,
             gaps_to_json(state.gaps),
@@ -114,14 +113,42 @@ class FakeEvents:
         return sum(1 for i in self.committed if i > above)
 
 
-class FakeProducer:
-    """Queues messages; flush() acknowledges them (or fails them) like librdkafka would."""
+class FakeKafka:
+    """A transactional producer and its state topic (kafka_io.Transactions): flush()
+    acknowledges (or fails) messages like librdkafka; what a transaction produced is seen by
+    read_committed consumers only once it commits."""
 
     def __init__(self) -> None:
+        self.producer = self
         self.queued: list[tuple[bytes, bytes, Any]] = []
-        self.log: list[tuple[int, int, bytes, bytes]] = []  # partition, offset, key, value
+        self.log: list[
+            tuple[int, int, bytes, bytes, int]
+        ] = []  # partition, offset, key, value, txn
+        self.txn = 0
+        self.committed_txns: set[int] = set()
+        self.state: Watermark | None = None
+        self.fenced = False
         self.fail_next_flush = False
 
+    # Transactions
+    def fence(self) -> None:
+        self.fenced = True
+
+    def read_state(self) -> Watermark | None:
+        return self.state
+
+    def begin(self) -> None:
+        self.txn += 1
+
+    def commit(self, state: Watermark) -> None:
+        assert not self.queued, "commit flushes first"
+        self.committed_txns.add(self.txn)
+        self.state = state
+
+    def abort(self) -> None:
+        self.queued = []
+
+    # Producer
     def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
         self.queued.append((key, value, on_delivery))
 
@@ -136,42 +163,36 @@ class FakeProducer:
                 continue
             partition = int(key) % 2
             offset = sum(1 for p, *_ in self.log if p == partition)
-            self.log.append((partition, offset, key, value))
+            self.log.append((partition, offset, key, value, self.txn))
             msg = SimpleNamespace(partition=lambda p=partition: p, offset=lambda o=offset: o)
             on_delivery(None, msg)
         self.fail_next_flush = False
         return 0
 
-    def event_ids(self) -> list[int]:
-        return [json.loads(value)["event_id"] for *_, value in self.log]
+    def event_ids(self, committed_only: bool = True) -> list[int]:
+        """What a read_committed consumer sees (or, with False, read_uncommitted)."""
+        return [
+            json.loads(value)["event_id"]
+            for *_, value, txn in self.log
+            if txn in self.committed_txns or not committed_only
+        ]
 
 
 class Crash(BaseException):
     """The process dies here (BaseException: no `except Exception` may swallow it)."""
 
 
-def assert_every_committed_id_once_modulo_repeats(
-    events: FakeEvents, producer: FakeProducer
-) -> Counter:
-    first: dict[int, bytes] = {}
-    for _, _, _, value in producer.log:
-        event_id = json.loads(value)["event_id"]
-        assert first.setdefault(event_id, value) == value, f"repeat of {event_id} differs"
-    assert set(first) == set(events.committed)
-    return Counter(producer.event_ids())
-
-
 # ------------------------------------------------------------------ the run
 
 
 def test_crash_between_kafka_ack_and_watermark_write_then_clean_run() -> None:
-    events, producer = FakeEvents(), FakeProducer()
+    events, kafka = FakeEvents(), FakeKafka()
     for _ in range(5):
         events.insert()
     slow = events.insert("slow")  # id 6, committed only later
     for _ in range(4):
         events.insert()  # 7-10
-    r = publish_events(events, producer, "t", gap_max_wait_s=0)
+    r = publish_events(events, kafka, "t", gap_max_wait_s=0)
     assert r.published == 9 and r.after.last_event_id == 10
     assert [(g.first, g.last, g.trx) for g in r.after.gaps] == [(6, 6, ("slow",))]
     events.commit("slow")
@@ -181,54 +202,79 @@ def test_crash_between_kafka_ack_and_watermark_write_then_clean_run() -> None:
 
     def crash(acked: Acked) -> None:
         seen.append(acked)
-        # Kafka holds every message of this run, the stored watermark is still the old one.
-        assert producer.event_ids()[9:] == [slow, 11, 12, 13] and not producer.queued
-        assert events.watermark("t") == r.after
+        # Kafka acknowledged every message of this run; the watermark is still the old one.
+        assert kafka.event_ids(committed_only=False)[9:] == [slow, 11, 12, 13]
+        assert not kafka.queued and kafka.state == r.after
         raise Crash
 
     with pytest.raises(Crash):
-        publish_events(events, producer, "t", gap_max_wait_s=0, on_acked=crash)
+        publish_events(events, kafka, "t", gap_max_wait_s=0, on_acked=crash)
     assert seen[0].decision.state.last_event_id == 13 and seen[0].decision.state.gaps == ()
-    assert events.watermark("t") == r.after and events.locks == set()
-    clean = publish_events(events, producer, "t", gap_max_wait_s=0)
+    assert kafka.state == r.after and events.watermark("t") == r.after and events.locks == set()
+    assert sorted(kafka.event_ids()) == sorted(set(events.committed) - {slow, 11, 12, 13})
+    clean = publish_events(events, kafka, "t", gap_max_wait_s=0)
     assert clean.before == r.after and clean.published == 4
     assert clean.after == Watermark(13, "captured 13", (), 13)
-    assert events.watermark("t") == clean.after
-    repeats = assert_every_committed_id_once_modulo_repeats(events, producer)
+    assert kafka.state == clean.after and events.watermark("t") == clean.after
+    # read_committed: every committed event once; the crashed run's copies only uncommitted
+    assert sorted(kafka.event_ids()) == sorted(events.committed)
+    repeats = Counter(kafka.event_ids(committed_only=False))
     assert {i for i, n in repeats.items() if n > 1} == {slow, 11, 12, 13}
-    assert max(repeats.values()) == 2
+
+
+def test_a_crash_after_the_commit_leaves_only_the_mysql_copy_behind() -> None:
+    events, kafka = FakeEvents(), FakeKafka()
+    for _ in range(3):
+        events.insert()
+    real_write = events.write_watermark
+
+    def die(pipeline: str, state: Watermark) -> None:
+        raise Crash
+
+    events.write_watermark = die  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        publish_events(events, kafka, "t", gap_max_wait_s=0)
+    assert kafka.state is not None and kafka.state.last_event_id == 3
+    assert events.watermark("t") == Watermark()  # the copy is behind
+    events.write_watermark = real_write  # type: ignore[method-assign]
+    r = publish_events(events, kafka, "t", gap_max_wait_s=0)
+    assert r.before == kafka.state and r.published == 0  # Kafka's watermark wins: no repeat
+    assert events.watermark("t").last_event_id == 3
+    assert sorted(kafka.event_ids()) == [1, 2, 3]
 
 
 def test_failed_delivery_keeps_the_watermark_and_the_next_run_resends() -> None:
-    events, producer = FakeEvents(), FakeProducer()
+    events, kafka = FakeEvents(), FakeKafka()
     for _ in range(4):
         events.insert()
-    producer.fail_next_flush = True
+    kafka.fail_next_flush = True
     with pytest.raises(PublishError, match=r"acknowledged 0 of 4 .* watermark was not moved"):
-        publish_events(events, producer, "t", bootstrap="k:9", gap_max_wait_s=0)
+        publish_events(events, kafka, "t", bootstrap="k:9", gap_max_wait_s=0)
     assert events.watermark("t") == Watermark() and events.locks == set()
-    r = publish_events(events, producer, "t", gap_max_wait_s=0)
+    assert kafka.state is None
+    r = publish_events(events, kafka, "t", gap_max_wait_s=0)
     assert r.published == 4 and r.after.last_event_id == 4
-    assert sorted(producer.event_ids()) == [1, 2, 3, 4]
+    assert sorted(kafka.event_ids()) == [1, 2, 3, 4]
     assert r.partitions == {0: (0, 1), 1: (0, 1)}
 
 
 def test_a_second_publisher_is_refused_and_changes_nothing() -> None:
-    events, producer = FakeEvents(), FakeProducer()
+    events, kafka = FakeEvents(), FakeKafka()
     events.insert()
     events.locks.add("regstream_publish:t")
     with pytest.raises(PublisherBusy, match="another publisher for topic t"):
-        publish_events(events, producer, "t", gap_max_wait_s=0)
-    assert producer.log == [] and events.stored == {}
+        publish_events(events, kafka, "t", gap_max_wait_s=0)
+    # not even fenced: the running publisher's transaction is left alone
+    assert kafka.log == [] and events.stored == {} and not kafka.fenced
 
 
 def test_a_run_with_nothing_new_writes_nothing() -> None:
-    events, producer = FakeEvents(), FakeProducer()
+    events, kafka = FakeEvents(), FakeKafka()
     events.insert()
-    publish_events(events, producer, "t", gap_max_wait_s=0)
+    publish_events(events, kafka, "t", gap_max_wait_s=0)
     stored = dict(events.stored)
     events.write_watermark = None  # type: ignore[assignment,method-assign]  # must not be called
-    r = publish_events(events, producer, "t", gap_max_wait_s=0)
+    r = publish_events(events, kafka, "t", gap_max_wait_s=0)
     assert r.published == 0 and events.stored == stored and r.backlog == 0
 
 

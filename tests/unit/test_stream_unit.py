@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import registration_counts as job
 from pyspark import SparkContext
-from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import (
     BinaryType,
     IntegerType,
@@ -129,6 +130,7 @@ def test_every_quarantine_reason(spark) -> None:
             event(5, create_date="yesterday"),
             event(6, schema_version=9),
             {**event(7), "event_id": "seven", "customer_id": None},
+            event(8, event_type="customer_deleted"),
         ],
     )
     assert got == [
@@ -140,6 +142,7 @@ def test_every_quarantine_reason(spark) -> None:
         "wrong type for create_date",
         "unsupported schema_version 9",
         "wrong type for event_id; missing field customer_id",
+        "unsupported event_type customer_deleted",
     ]
 
 
@@ -159,20 +162,30 @@ def test_optional_fields_may_be_absent_or_of_any_type(spark) -> None:
 # ---------------------------------------------------------------- build_counts
 
 
+def summary(
+    spark: SparkSession,
+    values: list[dict | bytes],
+    window: str = "1 minute",
+    slide: str | None = None,
+    watermark: datetime | None = None,
+    applied: dict[int, int] | None = None,
+) -> job.BatchResult:
+    windows = job.Windows.parse(window, slide)
+    rows = kafka_rows(spark, values).where(job.offsets_filter(applied or {}))
+    events = job.classify(job.parse_events(rows), watermark)
+    return job.BatchResult.of(job.summarize(events, windows).collect(), windows)
+
+
 def counts(spark: SparkSession, values: list[dict | bytes], **kwargs: Any) -> dict[tuple, int]:
-    out = job.build_counts(job.parse_events(kafka_rows(spark, values)), **kwargs)
     return {
-        (r.window_start.strftime("%H:%M"), r.window_end.strftime("%H:%M"), r.store_id): (
-            r.registrations
-        )
-        for r in out.collect()
+        (start.strftime("%H:%M"), end.strftime("%H:%M"), store): n
+        for (start, end, store), n in summary(spark, values, **kwargs).counts.items()
     }
 
 
-def test_counts_per_store_per_tumbling_window_repeats_once_bad_rows_never(spark) -> None:
+def test_counts_per_store_per_tumbling_window_bad_rows_never(spark) -> None:
     values = [
         event(1, create_date="2026-11-20T09:00:10Z"),
-        event(1, create_date="2026-11-20T09:00:10Z"),  # a repeat after a publisher crash
         event(2, create_date="2026-11-20T09:00:59Z"),
         event(3, create_date="2026-11-20T09:01:00Z"),
         event(4, create_date="2026-11-20T09:00:30Z", store_id=2),
@@ -195,11 +208,45 @@ def test_counts_in_longer_tumbling_windows(spark) -> None:
 
 
 def test_sliding_windows_count_an_event_in_every_window_it_falls_in(spark) -> None:
-    values = [event(1, create_date="2026-11-20T09:07:00Z")]
+    values = [
+        event(1, create_date="2026-11-20T09:07:00Z"),
+        event(2, create_date="2026-11-20T09:04:59Z"),
+    ]
     assert counts(spark, values, window="10 minutes", slide="5 minutes") == {
-        ("09:00", "09:10", 1): 1,
+        ("08:55", "09:05", 1): 1,
+        ("09:00", "09:10", 1): 2,
         ("09:05", "09:15", 1): 1,
     }
+
+
+def test_events_older_than_the_watermark_are_late_not_counted(spark) -> None:
+    values = [
+        event(1, create_date="2026-11-20T08:59:59Z"),  # late
+        event(2, create_date="2026-11-20T09:00:00Z"),  # at the watermark: on time
+        event(3, create_date="2026-11-20T09:30:00Z"),
+        b"not json",
+    ]
+    r = summary(spark, values, watermark=datetime(2026, 11, 20, 9, 0))
+    assert r.rows == {"ok": 2, "late": 1, "bad": 1}
+    assert sorted(n for n in r.counts.values()) == [1, 1]
+    assert r.newest == datetime(2026, 11, 20, 9, 30)
+    assert r.next_offsets == {0: 4}  # every row consumed, bad and late ones too
+
+
+def test_rows_below_the_applied_offsets_add_nothing(spark) -> None:
+    values = [event(i, create_date="2026-11-20T09:00:10Z") for i in range(5)]
+    assert summary(spark, values, applied={0: 3}).rows == {"ok": 2}
+    assert summary(spark, values, applied={0: 5}).counts == {}
+    assert summary(spark, values, applied={1: 5}).rows == {"ok": 5}  # another partition
+
+
+def test_windows_must_be_a_multiple_of_the_slide_and_intervals_are_checked() -> None:
+    assert job.Windows.parse("10 minutes", "5 minutes").bucket_us == 300_000_000
+    assert job.parse_interval("7 days").days == 7
+    with pytest.raises(ValueError, match="multiple of the slide"):
+        job.Windows.parse("10 minutes", "3 minutes")
+    with pytest.raises(ValueError, match="not an interval"):
+        job.parse_interval("soon")
 
 
 # ---------------------------------------------------------------- the contract
@@ -247,6 +294,7 @@ class FakeCursor:
     def __init__(self, conn: FakeConn) -> None:
         self.conn = conn
         self.rowcount = 0
+        self.result: list[tuple] = []
 
     def _use(self) -> None:
         self.conn.threads.add(threading.current_thread().name)
@@ -254,15 +302,17 @@ class FakeCursor:
     def execute(self, sql: str, params: Any = None) -> None:
         self._use()
         self.conn.statements.append(sql)
-        self.result = [(1,)] if "information_schema" in sql else []
+        self.result = [self.conn.sink_row] if sql.startswith(job.SINK_STATE) else []
+        if sql.startswith("INSERT INTO stream_sink_commits"):
+            self.conn.pending.append(params)
 
     def executemany(self, sql: str, rows: list) -> None:
         self._use()
         self.conn.statements.append(sql)
-        self.conn.rows.extend(rows)
+        self.conn.pending.extend(rows)
 
     def fetchone(self) -> Any:
-        return self.result[0] if self.result else None
+        return self.result[0] if self.result and self.result[0] is not None else None
 
     def close(self) -> None:
         pass
@@ -272,11 +322,20 @@ class FakeConn:
     def __init__(self) -> None:
         self.threads: set[str] = set()
         self.statements: list[str] = []
-        self.rows: list[tuple] = []
+        self.pending: list[tuple] = []
+        self.rows: list[tuple] = []  # committed
+        self.sink_row: tuple | None = None
         self.closed = False
 
     def cursor(self) -> FakeCursor:
         return FakeCursor(self)
+
+    def commit(self) -> None:
+        self.rows += self.pending
+        self.pending = []
+
+    def rollback(self) -> None:
+        self.pending = []
 
     def ping(self) -> None:
         pass
@@ -285,42 +344,21 @@ class FakeConn:
         self.closed = True
 
 
-class FakeBatch:
-    def __init__(self, rows: list[Row]) -> None:
-        self.rows = rows
-
-    def select(self, *cols: str) -> FakeBatch:
-        return self
-
-    def collect(self) -> list[Row]:
-        return self.rows
+WINDOW = (datetime(2026, 11, 20, 9, 0), datetime(2026, 11, 20, 9, 1), 1)
 
 
-COUNT_ROW = Row(
-    window_start=datetime(2026, 11, 20, 9, 0),
-    window_end=datetime(2026, 11, 20, 9, 1),
-    store_id=1,
-    registrations=3,
-)
-BAD_ROW = Row(
-    topic="t",
-    partition=0,
-    offset=1,
-    kafka_timestamp=datetime(2026, 11, 20, 9, 0),
-    raw_key=b"1",
-    raw_value="x",
-    reason="not a JSON object",
-)
-PROGRESS = {
-    "name": job.COUNTS_QUERY,
-    "batch_id": 0,
-    "input_rows": 1,
-    "rows_per_second": 1.0,
-    "duration_ms": 5,
-    "watermark": None,
-    "late_rows_dropped": 0,
-    "end_offsets": "{}",
-}
+def batch_result(n: int = 3) -> job.BatchResult:
+    return job.BatchResult(
+        counts={WINDOW: n},
+        rows=Counter(ok=n),
+        next_offsets={0: 10},
+        newest=datetime(2026, 11, 20, 9, 0, 30),
+    )
+
+
+def new_sink(**kwargs: Any) -> job.Sink:
+    windows = job.Windows.parse("1 minute")
+    return job.Sink({}, "t", windows, job.parse_interval("7 days"), **kwargs)
 
 
 @pytest.fixture
@@ -335,16 +373,16 @@ def fake_mysql(monkeypatch: pytest.MonkeyPatch) -> list[FakeConn]:
     return made
 
 
+def commit(sink: job.Sink, batch_id: int, result: job.BatchResult | None = None) -> None:
+    state = sink.state()
+    sink.commit(batch_id, "q-1", state, result or batch_result(), [], [], time.monotonic())
+
+
 def test_each_thread_writes_through_its_own_connection(fake_mysql) -> None:
-    """The two queries' foreachBatch and the progress listener run on three threads; a MySQLdb
+    """foreachBatch and the listener's heartbeat run on their own threads; a MySQLdb
     connection must never be shared between them."""
-    sink = job.Sink({})
-    sink.set_query_id(job.COUNTS_QUERY, "q-counts")
-    writes = [
-        ("counts", lambda: sink.write_counts(FakeBatch([COUNT_ROW]), 0)),
-        ("quarantine", lambda: sink.write_quarantine(FakeBatch([BAD_ROW]), 0)),
-        ("progress", lambda: sink.write_progress(PROGRESS)),
-    ]
+    sink = new_sink(progress_retention_days=0)
+    writes = [("batch", lambda: commit(sink, 0)), ("listener", sink.heartbeat)]
     done = threading.Event()
     threads = []
     try:
@@ -373,30 +411,39 @@ def test_each_thread_writes_through_its_own_connection(fake_mysql) -> None:
 
 
 def test_a_thread_keeps_its_connection_across_batches(fake_mysql) -> None:
-    sink = job.Sink({})
-    sink.set_query_id(job.COUNTS_QUERY, "q-counts")
+    sink = new_sink(progress_retention_days=0)
     for batch_id in range(3):
-        sink.write_counts(FakeBatch([COUNT_ROW]), batch_id)
+        commit(sink, batch_id)
     assert len(fake_mysql) == 1
     sink.close()
 
 
-def test_counts_are_written_with_the_query_id_of_their_checkpoint(fake_mysql) -> None:
-    sink = job.Sink({})
-    sink.set_query_id(job.COUNTS_QUERY, "3f1c-run")
-    sink.write_counts(FakeBatch([COUNT_ROW]), 4)
+def test_a_batch_adds_its_counts_and_records_its_offsets_in_one_transaction(fake_mysql) -> None:
+    sink = new_sink(progress_retention_days=0)
+    commit(sink, 4)
     (conn,) = fake_mysql
-    assert conn.rows == [
-        (COUNT_ROW.window_start, COUNT_ROW.window_end, 1, 3, 4, "3f1c-run"),
-    ]
-    assert "query_id" in conn.statements[-1]
+    assert (*WINDOW, 3, 3, 4, "q-1") in conn.rows
+    (record,) = [r for r in conn.rows if r[0] == job.COUNTS_QUERY and len(r) == 8]
+    assert record[:4] == (job.COUNTS_QUERY, "q-1", 4, '{"t": {"0": 10}}')
+    assert "stream_count = stream_count + VALUES(stream_count)" in job.COUNTS
+    sink.close()
+
+
+def test_a_batch_is_refused_when_the_sink_moved_under_it(fake_mysql) -> None:
+    sink = new_sink(progress_retention_days=0)
+    state = sink.state()
+    (conn,) = fake_mysql
+    conn.sink_row = ('{"t": {"0": 99}}', None)  # another writer got there first
+    with pytest.raises(RuntimeError, match="second job"):
+        sink.commit(1, "q-1", state, batch_result(), [], [], time.monotonic())
+    assert conn.rows == [] and conn.pending == []
     sink.close()
 
 
 def test_a_batch_waits_for_its_query_id_and_fails_clearly_without_it(fake_mysql) -> None:
-    sink = job.Sink({}, query_id_timeout_s=0.1)
+    sink = new_sink(query_id_timeout_s=0.1)
     with pytest.raises(RuntimeError, match="query id of registration_counts"):
-        sink.write_counts(FakeBatch([COUNT_ROW]), 0)
+        sink.query_id(job.COUNTS_QUERY)
     sink.close()
 
 
@@ -461,7 +508,7 @@ def send_when_handled(sig: int, failures: list[str]) -> threading.Thread:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_both_queries_and_the_job_exits_0(tmp_path, caplog, sig) -> None:
     spark = FakeSpark()
-    queries = [FakeQuery(job.COUNTS_QUERY, spark), FakeQuery(job.QUARANTINE_QUERY, spark)]
+    queries = [FakeQuery(job.COUNTS_QUERY, spark), FakeQuery("other", spark)]
     before = signal.getsignal(sig)
     failures: list[str] = []
     sender = send_when_handled(sig, failures)
@@ -478,7 +525,7 @@ def test_a_signal_stops_both_queries_and_the_job_exits_0(tmp_path, caplog, sig) 
 
 def test_the_stop_file_stops_the_job_and_is_removed(tmp_path) -> None:
     spark = FakeSpark()
-    queries = [FakeQuery(job.COUNTS_QUERY, spark), FakeQuery(job.QUARANTINE_QUERY, spark)]
+    queries = [FakeQuery(job.COUNTS_QUERY, spark), FakeQuery("other", spark)]
     stop = tmp_path / "STOP"
     toucher = threading.Timer(0.2, stop.touch)
     toucher.start()
@@ -506,7 +553,7 @@ def test_a_stale_stop_file_does_not_stop_a_new_job(tmp_path) -> None:
 def test_a_failed_query_stops_the_other_and_the_job_exits_1(tmp_path, caplog) -> None:
     spark = FakeSpark()
     failed = FakeQuery(job.COUNTS_QUERY, spark, error="Kafka topic deleted")
-    other = FakeQuery(job.QUARANTINE_QUERY, spark)
+    other = FakeQuery("other", spark)
     spark.streams.terminated.set()
     assert job.run_until_stopped(spark, [failed, other], tmp_path / "STOP") == 1
     assert other.stopped

@@ -275,3 +275,13 @@ def test_random_interleavings_with_crashes_lose_nothing(seed: int) -> None:
     assert stored.gaps == ()
     assert stored.last_event_id == max(world.committed, default=0)
     assert_exactly_once_modulo_repeats(world, topic)
+
+
+def test_the_state_record_in_kafka_round_trips() -> None:
+    from datetime import datetime
+
+    from regstream.watermark import watermark_from_json, watermark_to_json
+
+    w = Watermark(42, datetime(2026, 11, 26, 9, 0, 0, 123456), (Gap(7, 9, ("t1",), 5.5),), 40)
+    assert watermark_from_json(watermark_to_json(w)) == w
+    assert watermark_from_json(watermark_to_json(Watermark())) == Watermark()
