@@ -109,9 +109,13 @@ def topic(stack: config.Settings, monkeypatch: pytest.MonkeyPatch) -> str:
     return name
 
 
-def topic_messages(s: config.Settings, topic: str, timeout: float = 30) -> list[Any]:
-    """Every message of a topic, read from the beginning until the end offsets."""
-    from confluent_kafka import Consumer, TopicPartition
+def topic_messages(
+    s: config.Settings, topic: str, timeout: float = 30, committed_only: bool = True
+) -> list[Any]:
+    """Every message of a topic from the beginning to the end, as a read_committed consumer
+    (the stream) sees it, or with `committed_only=False` also what aborted or still open
+    transactions wrote."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     consumer = Consumer(
         {
@@ -119,36 +123,36 @@ def topic_messages(s: config.Settings, topic: str, timeout: float = 30) -> list[
             "group.id": uuid.uuid4().hex,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed" if committed_only else "read_uncommitted",
         }
     )
     try:
         meta = consumer.list_topics(topic, timeout=10)
         parts = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in parts
-        }
-        if not any(ends.values()):
-            return []
         consumer.assign([TopicPartition(topic, p, 0) for p in parts])
         got: list[Any] = []
-        pos = {p: 0 for p in parts}
+        at_end: set[int] = set()
         deadline = time.monotonic() + timeout
-        while any(pos[p] < ends[p] for p in parts):
+        # Transaction markers take offsets of their own: the end is where the broker says.
+        while len(at_end) < len(parts):
             if time.monotonic() > deadline:
-                raise AssertionError(f"read {len(got)} messages of {topic}, ends {ends}")
+                raise AssertionError(f"read {len(got)} messages of {topic}, not at its end")
             for msg in consumer.consume(10000, timeout=1):
-                if msg.error():
-                    continue
-                got.append(msg)
-                pos[msg.partition()] = max(pos[msg.partition()], msg.offset() + 1)
+                if msg.error() is None:
+                    got.append(msg)
+                elif msg.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
         return got
     finally:
         consumer.close()
 
 
-def event_ids_in_topic(s: config.Settings, topic: str) -> list[int]:
-    return [json.loads(m.value())["event_id"] for m in topic_messages(s, topic)]
+def event_ids_in_topic(s: config.Settings, topic: str, committed_only: bool = True) -> list[int]:
+    return [
+        json.loads(m.value())["event_id"]
+        for m in topic_messages(s, topic, committed_only=committed_only)
+    ]
 
 
 def task_log_holders(pids: Iterable[int], task_id: str) -> list[int]:
