@@ -572,6 +572,8 @@ class Sink:
         finally:
             cur.close()
         self._log_batch(batch_id, result, len(late), len(bad), new_wm, end_offsets, ms)
+        if late:
+            inject_fault("kill-after-late-commit", batch_id)
         self._prune_progress()
 
     def _write_rows(
@@ -686,6 +688,16 @@ class Sink:
                 self.progress_retention_days,
             )
         cur.close()
+
+
+def inject_fault(point: str, batch_id: int) -> None:
+    """Tests only: REGSTREAM_FAULT=<point> SIGKILLs the whole job (driver and JVM) at `point`,
+    e.g. right after the MySQL commit of a batch and before Spark records it."""
+    if os.environ.get("REGSTREAM_FAULT") == point:
+        log.warning("fault injected after batch %d: %s", batch_id, point)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 LATE_COLUMNS = (

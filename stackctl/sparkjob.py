@@ -31,7 +31,10 @@ def start_job(
     log: Path,
     master: str = "local[2]",
     extra: list[str] | None = None,
+    fault: str | None = None,
 ) -> subprocess.Popen:
+    """spark-submit in a session of its own; `fault`: a fault the job injects into itself
+    (REGSTREAM_FAULT, see the job's `inject_fault`)."""
     jars = ",".join(str(p) for p in config.spark_kafka_jars(s))
     argv = [
         str(s.venv / "bin" / "spark-submit"),
@@ -54,7 +57,11 @@ def start_job(
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=spark_env(s), start_new_session=True
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**spark_env(s), **({"REGSTREAM_FAULT": fault} if fault else {})},
+            start_new_session=True,
         )
 
 

@@ -70,10 +70,12 @@ def query_ids(log: Path) -> list[str]:
 
 
 def ground_truth(s: config.Settings, database: str, minutes: int = 1) -> dict[tuple, int]:
+    """Committed customers per window and store, but those the stream recorded as too late."""
     cur = root_conn(s, database).cursor()
     cur.execute(
         "SELECT FROM_UNIXTIME(FLOOR(UNIX_TIMESTAMP(create_date) / %s) * %s) AS ws, store_id, "
-        "COUNT(*) FROM customer GROUP BY ws, store_id",
+        "COUNT(*) FROM customer c WHERE NOT EXISTS (SELECT 1 FROM stream_late_events l "
+        "WHERE l.customer_id = c.customer_id) GROUP BY ws, store_id",
         (minutes * 60, minutes * 60),
     )
     return {(ws, store): n for ws, store, n in cur.fetchall()}

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -26,6 +22,7 @@ from tests.conftest import (
     topic_messages,
     wait_for,
 )
+from tests.integration.publisher import killed_at_ack, run_script
 
 pytestmark = pytest.mark.integration
 
@@ -199,44 +196,6 @@ def test_open_transaction_holds_only_its_own_gap(stack, fresh_db, topic) -> None
     assert sorted(event_ids_in_topic(stack, topic)) == [1, 2]
 
 
-def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
-    """A publisher in its own process, with the test's connections and topic."""
-    env = dict(os.environ)
-    return subprocess.run(
-        [sys.executable, "-c", script, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-# Publishes once; with "kill", SIGKILLs itself exactly when Kafka has acknowledged every
-# message of the run and the new watermark is not written yet.
-KILL_AT_ACK = """
-import json, logging, os, signal, sys
-logging.basicConfig(level=logging.INFO)
-from regstream.publish import HookedPublisher
-
-def die(acked):
-    state = acked.decision.state
-    print("ACKED " + json.dumps([acked.before.last_event_id, state.last_event_id,
-          acked.decision.published]), flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-HookedPublisher().run(max_events=int(sys.argv[1]), on_acked=die)
-"""
-
-
-def killed_at_ack(max_events: int) -> tuple[int, int, int]:
-    """(watermark before, watermark it was about to write, messages acknowledged)."""
-    proc = run_script(KILL_AT_ACK, str(max_events))
-    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-3000:]
-    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("ACKED ")]
-    before, after, published = json.loads(line.removeprefix("ACKED "))
-    return before, after, published
-
-
 def test_sigkill_between_kafka_ack_and_watermark_write_then_clean_run(
     stack, fresh_db, topic
 ) -> None:
@@ -250,10 +209,12 @@ def test_sigkill_between_kafka_ack_and_watermark_write_then_clean_run(
     ids = sorted(table_ids(stack, fresh_db))
     assert len(ids) == 12_000
 
-    # Killed once Kafka holds the first 5000: the watermark stays at 0.
+    # Killed once Kafka holds the first 5000: the watermark stays at 0, and the 5000 are in
+    # the log in a transaction that never commits: a read_committed consumer sees none.
     assert killed_at_ack(5000) == (0, ids[4999], 5000)
     assert watermark(stack, fresh_db, topic)[0] == 0
-    assert sorted(event_ids_in_topic(stack, topic)) == ids[:5000]
+    assert sorted(event_ids_in_topic(stack, topic, committed_only=False)) == ids[:5000]
+    assert event_ids_in_topic(stack, topic) == []
     # A clean run sends those 5000 again and moves the watermark past them.
     r = publish.run_publish(topic=topic, max_events=5000)
     assert (r.published, r.after.last_event_id) == (5000, ids[4999])
@@ -264,16 +225,18 @@ def test_sigkill_between_kafka_ack_and_watermark_write_then_clean_run(
     drain(stack, fresh_db, topic, timeout=120)
     last, gaps, _ = watermark(stack, fresh_db, topic)
     assert last == ids[-1] and json.loads(gaps) == []
-    msgs = topic_messages(stack, topic)
+    # What the stream reads: every committed id exactly once.
+    assert sorted(event_ids_in_topic(stack, topic)) == ids
+    # The log also holds the two killed runs' copies, aborted: the kills landed after the ack.
+    msgs = topic_messages(stack, topic, committed_only=False)
     counts = Counter(json.loads(m.value())["event_id"] for m in msgs)
-    assert set(counts) == set(ids), "every committed id is in the topic"
     assert {i for i, n in counts.items() if n == 2} == set(ids[:10_000])
     assert max(counts.values()) == 2
     first_value: dict[int, bytes] = {}
-    for m in msgs:  # a repeat is the same event: same event_id, same bytes
+    for m in msgs:  # a copy is the same event: same event_id, same bytes
         v = json.loads(m.value())
         assert first_value.setdefault(v["event_id"], m.value()) == m.value()
-    print(f"kill test: {len(ids)} events, {len(msgs)} messages, {len(msgs) - len(ids)} repeats")
+    print(f"kill test: {len(ids)} events, {len(msgs) - len(ids)} aborted copies, none visible")
 
 
 # Publishes once and reports every log record (after Airflow's own logging set-up).

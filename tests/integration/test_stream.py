@@ -11,10 +11,13 @@ to the next test's fixture to start again.
 from __future__ import annotations
 
 import json
-import logging
+import re
 import shutil
+import signal
 import subprocess
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -27,12 +30,13 @@ from regstream import db, ingest, liveview, publish
 from stackctl import services
 from tests.conftest import (
     ARTIFACTS,
+    event_ids_in_topic,
     point_connections_at,
     role_conn,
     root_conn,
-    topic_messages,
     wait_for,
 )
+from tests.integration.publisher import killed_at_ack
 from tests.integration.streamjob import (
     create_topic,
     kill_job,
@@ -106,22 +110,20 @@ def test_counts_equal_sql_ground_truth(stack, env) -> None:
     assert sum(mine.values()) == 1200 and len(mine) > 40
 
 
-def test_repeated_events_are_counted_once(stack, env) -> None:
-    from confluent_kafka import Producer
-
+def test_a_publisher_killed_after_the_ack_is_counted_once(stack, env) -> None:
+    """The copies a publisher makes when it dies between Kafka's acknowledgement and its
+    watermark write are in the log, aborted: the stream never counts them."""
     load(DAY + timedelta(hours=1), 5, 300, dag="repeats")
-    publish.run_publish(topic=env["topic"])
-    before = wait_counts_match(stack, env["db"], env["proc"])
-    msgs = topic_messages(stack, env["topic"])[-300:]
-    p = Producer({"bootstrap.servers": stack.kafka_bootstrap})
-    for m in msgs:
-        p.produce(env["topic"], m.value(), m.key())
-    assert p.flush(30) == 0
-    # then one new interval, to know the repeats were processed before it
-    load(DAY + timedelta(hours=1, minutes=10), 5, 50, dag="repeats")
+    before, after, acked = killed_at_ack(10_000)
+    assert acked == 300 and after > before
+    copies = [
+        i for i in event_ids_in_topic(stack, env["topic"], committed_only=False) if i > before
+    ]
+    assert len(copies) == 300  # the kill landed after Kafka held all 300
     publish.run_publish(topic=env["topic"])
     got = wait_counts_match(stack, env["db"], env["proc"])
-    assert sum(got.values()) == sum(before.values()) + 50
+    assert total_between(got, DAY + timedelta(hours=1), DAY + timedelta(hours=1, minutes=5)) == 300
+    assert len([i for i in event_ids_in_topic(stack, env["topic"]) if i > before]) == 300
 
 
 def test_backfilled_past_windows_are_counted(stack, env) -> None:
@@ -188,30 +190,63 @@ def test_poison_messages_are_quarantined_and_the_job_keeps_running(stack, env) -
     wait_counts_match(stack, env["db"], env["proc"])
 
 
-def late_rows_dropped(cur: Any) -> int:
-    cur.execute(
-        "SELECT COALESCE(SUM(late_rows_dropped), 0) FROM stream_progress "
-        "WHERE query_name = 'registration_counts'"
-    )
-    return int(cur.fetchone()[0])
+def late_events(cur: Any) -> dict[int, tuple]:
+    cur.execute("SELECT event_id, store_id, create_date, batch_id FROM stream_late_events")
+    return {r[0]: r[1:] for r in cur.fetchall()}
 
 
-def test_too_late_events_are_counted_as_dropped_not_silently(stack, env) -> None:
+def test_too_late_events_are_recorded_one_by_one_not_counted(stack, env) -> None:
     cur = root_conn(stack, env["db"]).cursor()
     # events of this week first: they move the watermark past January
     load(DAY + timedelta(hours=1, minutes=45), 5, 20, dag="late")
     publish.run_publish(topic=env["topic"])
     wait_counts_match(stack, env["db"], env["proc"])
-    before = late_rows_dropped(cur)
-    ancient = good_event(5_000_001, create_date="2026-01-01T00:00:00Z")
-    _raw(env["topic"], stack, [json.dumps(ancient).encode()])
-    wait_for(
-        "the late row in stream_progress.late_rows_dropped",
-        lambda: late_rows_dropped(cur) > before,
+    ancient = [good_event(5_000_001 + i, create_date="2026-01-01T00:00:00Z") for i in range(2)]
+    _raw(env["topic"], stack, [json.dumps(e).encode() for e in ancient])
+    got = wait_for(
+        "the late events in stream_late_events",
+        lambda: {k: v for k, v in late_events(cur).items() if k > 5_000_000} or None,
         timeout=120,
     )
+    assert sorted(got) == [5_000_001, 5_000_002]
+    assert {v[:2] for v in got.values()} == {(1, datetime(2026, 1, 1))}
     cur.execute("SELECT COUNT(*) FROM registrations_per_window WHERE window_start < '2026-02-01'")
     assert cur.fetchone()[0] == 0
+
+
+def test_a_driver_killed_right_after_a_batch_with_late_events_records_each_once(
+    stack, env, tmp_path
+) -> None:
+    """The job SIGKILLs itself right after the MySQL commit of a batch that holds too-late
+    events, before Spark records the batch: the restart replays it, and adds nothing."""
+    cur = root_conn(stack, env["db"]).cursor()
+    load(DAY + timedelta(hours=3), 5, 20, dag="late-kill-warm-up")
+    publish.run_publish(topic=env["topic"])
+    wait_counts_match(stack, env["db"], env["proc"])
+    stop_job(env["proc"])
+    log = tmp_path / "dying.log"
+    env["proc"] = start_job(stack, env["topic"], env["ck"], log, fault="kill-after-late-commit")
+    wait_started(env["proc"], log, 0)
+    old = DAY - timedelta(days=9)  # 9 days before the newest event: past the 7-day lateness
+    load(old, 10, 40, dag="late-kill")
+    publish.run_publish(topic=env["topic"])
+    assert env["proc"].wait(timeout=180) == -signal.SIGKILL
+    (killed_batch,) = re.findall(r"fault injected after batch (\d+)", log.read_text())
+    env["proc"] = start_job(stack, env["topic"], env["ck"], env["log"])
+    got = wait_counts_match(stack, env["db"], env["proc"])  # ground truth minus late events
+    cur.execute("SELECT customer_id FROM customer WHERE create_date < %s", (naive(DAY),))
+    old_customers = {r[0] for r in cur.fetchall()}
+    cur.execute(
+        "SELECT customer_id, COUNT(*) FROM stream_late_events WHERE create_date < %s "
+        "GROUP BY customer_id",
+        (naive(old + timedelta(days=1)),),
+    )
+    recorded = dict(cur.fetchall())
+    late_ids = {c for c in old_customers if c in recorded}
+    assert len(late_ids) == 40 and set(recorded.values()) == {1}
+    assert total_between(got, old, old + timedelta(minutes=10)) == 0
+    # the replay: the restarted job ran the killed batch again and found nothing to add
+    assert re.search(rf"batch {killed_batch}: 0 rows", env["log"].read_text())
 
 
 def test_sigkill_mid_batch_then_restart_gives_the_same_counts(stack, env) -> None:
@@ -228,7 +263,7 @@ def test_sigkill_mid_batch_then_restart_gives_the_same_counts(stack, env) -> Non
     assert total_between(got, DAY + timedelta(hours=2), DAY + timedelta(hours=3)) == 30_020
 
 
-def test_old_progress_rows_are_pruned_but_late_drop_records_kept(stack, env) -> None:
+def test_old_progress_rows_are_pruned(stack, env) -> None:
     cur = root_conn(stack, env["db"]).cursor()
     cur.executemany(
         "INSERT INTO stream_progress (query_name, batch_id, input_rows, late_rows_dropped, "
@@ -245,11 +280,12 @@ def test_old_progress_rows_are_pruned_but_late_drop_records_kept(stack, env) -> 
     def kept() -> list | None:
         cur.execute("SELECT batch_id FROM stream_progress WHERE query_name = 'old_query'")
         ids = sorted(r[0] for r in cur.fetchall())
-        return ids if ids == [2, 3] else None
+        return ids if ids == [3] else None
 
-    # batch 1 (30 days old) pruned; batch 2 (it dropped late rows) and batch 3 (1 day) kept
+    # batches 1 and 2 (30 days old) pruned, batch 3 (1 day) kept; late events have their
+    # own table (stream_late_events), never pruned
     wait_for("old progress rows to be pruned", kept, timeout=60)
-    assert "pruned 1 stream_progress rows older than 7 days" in env["log"].read_text()
+    assert "pruned 2 stream_progress rows older than 7 days" in env["log"].read_text()
 
 
 def test_second_instance_refuses_to_start(stack, env, tmp_path) -> None:
@@ -278,85 +314,71 @@ def test_sigterm_stops_cleanly_and_a_restart_resumes_from_the_checkpoint(stack, 
     assert len(started) >= 2 and started[-1] == started[-2]  # the same checkpoint
 
 
-def test_a_new_checkpoint_still_updates_existing_windows(stack, fresh_db, topic, tmp_path) -> None:
-    """A job of its own: a new checkpoint recounts the whole topic, which would also count
-    what the shared job's tests made it drop as too late."""
+def test_a_new_checkpoint_starts_where_the_sink_stopped(stack, fresh_db, topic, tmp_path) -> None:
+    """A job of its own: the checkpoint deleted, the next job starts at the offsets the sink
+    committed, and the windows it shares with the old checkpoint's batches add up."""
     window = DAY + timedelta(hours=7)
     ck, log = tmp_path / "checkpoints", ARTIFACTS / f"stream-{topic}.log"
-    cur = root_conn(stack, fresh_db).cursor()
     create_topic(stack, topic)
     procs = [start_job(stack, topic, ck, log)]
     try:
-        for i in range(5):  # a batch each: the window's batch id climbs
+        for i in range(3):  # a batch each
             load(window, 1, 20, dag=f"checkpoint-{i}")
             publish.run_publish(topic=topic)
             wait_counts_match(stack, fresh_db, procs[-1])
-        cur.execute(
-            "SELECT MIN(batch_id) FROM registrations_per_window WHERE window_start = %s",
-            (naive(window),),
-        )
-        assert cur.fetchone()[0] >= 4
         assert stop_job(procs[-1]) == 0
-        shutil.rmtree(ck)  # batch ids start again at 0
+        shutil.rmtree(ck)
         procs.append(start_job(stack, topic, ck, log))
         load(window, 1, 20, dag="checkpoint-new")
         publish.run_publish(topic=topic)
         got = wait_counts_match(stack, fresh_db, procs[-1])
-        assert total_between(got, window, window + timedelta(minutes=1)) == 120
+        assert total_between(got, window, window + timedelta(minutes=1)) == 80
         started = query_ids(log)
         assert len(started) == 2 and started[0] != started[1]
+        assert f'a new checkpoint would start at {{"{topic}": {{"0": ' in log.read_text()
     finally:
         for proc in procs:
             kill_job(proc)
 
 
-# ---------------------------------------------------------------- the sink's upsert
+# ---------------------------------------------------------------- the sink's transaction
 
 
-def count_of(cur: Any, window: tuple) -> int:
+def count_of(cur: Any, window: tuple) -> tuple[int, int]:
     cur.execute(
-        "SELECT registrations FROM registrations_per_window WHERE window_start = %s "
-        "AND window_end = %s AND store_id = %s",
+        "SELECT registrations, stream_count FROM registrations_per_window "
+        "WHERE window_start = %s AND window_end = %s AND store_id = %s",
         window,
     )
-    return cur.fetchone()[0]
+    return cur.fetchone()
 
 
-def test_upsert_keeps_a_runs_newest_batch_and_lets_a_new_checkpoint_take_over(
-    stack, fresh_db
-) -> None:
-    sink = job.Sink(job.mysql_params("AIRFLOW_CONN_MYSQL_STREAM"))  # the stream role
+def test_a_corrupted_count_is_rewritten_by_the_next_batch_of_its_window(stack, fresh_db) -> None:
+    sink = job.Sink(
+        job.mysql_params("AIRFLOW_CONN_MYSQL_STREAM"),  # the stream role
+        "t",
+        job.Windows.parse("1 minute"),
+        job.parse_interval("7 days"),
+    )
     cur = root_conn(stack, fresh_db).cursor()
     w = (datetime(2026, 11, 20, 9, 0), datetime(2026, 11, 20, 9, 1), 1)
+
+    def batch(batch_id: int, n: int, next_offset: int) -> None:
+        result = job.BatchResult(
+            counts={w: n}, rows=Counter(ok=n), next_offsets={0: next_offset}, newest=w[0]
+        )
+        sink.commit(batch_id, "run-a", sink.state(), result, [], [], time.monotonic())
+
     try:
-        steps = [
-            ((10, 5, "run-a"), 10),
-            ((7, 3, "run-a"), 10),  # a replayed older batch of the same run
-            ((11, 6, "run-a"), 11),
-            ((12, 0, "run-b"), 12),  # a new checkpoint: batch ids start again
-            ((13, 1, "run-b"), 13),
-            ((9, 0, "run-b"), 13),  # its own replayed older batch
-        ]
-        for (n, batch_id, query_id), want in steps:
-            sink.upsert_counts([(*w, n, batch_id, query_id)])
-            assert count_of(cur, w) == want, (n, batch_id, query_id)
+        batch(0, 3, 3)
+        assert count_of(cur, w) == (3, 3)
+        cur.execute("UPDATE registrations_per_window SET registrations = 99")
+        batch(1, 2, 5)
+        assert count_of(cur, w) == (5, 5)
+        cur.execute("SELECT kafka_end_offsets, events_counted FROM stream_sink_commits")
+        assert cur.fetchone() == ('{"t": {"0": 5}}', 5)
     finally:
         sink.close()
-
-
-def test_a_table_without_query_id_still_gets_counts(stack, fresh_db, caplog) -> None:
-    cur = root_conn(stack, fresh_db).cursor()
-    cur.execute("ALTER TABLE registrations_per_window DROP COLUMN IF EXISTS query_id")
-    sink = job.Sink(job.mysql_params("AIRFLOW_CONN_MYSQL_STREAM"))
-    w = (datetime(2026, 11, 20, 9, 0), datetime(2026, 11, 20, 9, 1), 1)
-    caplog.set_level(logging.WARNING, logger="registration_counts")
-    try:
-        sink.upsert_counts([(*w, 4, 2, "run-a")])
-        sink.upsert_counts([(*w, 3, 1, "run-a")])
-    finally:
-        sink.close()
-    assert count_of(cur, w) == 4
-    assert "no query_id column: apply sql/20_stream.sql" in caplog.text
 
 
 # ---------------------------------------------------------------- the live view
