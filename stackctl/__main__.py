@@ -22,6 +22,7 @@ DAG_IDS = (
     "publish_cdc_events",
     "stream_registration_counts",
     "monitor_pipeline_lag",
+    "reconcile_counts",
 )
 
 
