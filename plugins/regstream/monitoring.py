@@ -2,9 +2,12 @@
 (`GET /regstream/metrics`) and the lag alert (`monitor_pipeline_lag` DAG).
 
 Lag is defined so that an idle pipeline is not late:
-- publish delay: age of the oldest event above the watermark (0 when nothing waits);
-- stream delay: time since events were published that no micro-batch with input has taken yet
-  (0 when the last batch with input finished after the last publish).
+- publish delay: age of the oldest CDC event above the watermark (0 when nothing waits);
+- stream delay: age of the oldest published event captured after the stream's last
+  micro-batch with input (or its sink's last commit) finished, 0 when there is none. Only
+  published events count (ids at or below the watermark, not in a pending gap), and nothing
+  else: a watermark write that only settles gaps, or an idle stream, is not lag. (Measured from
+  the capture, it includes the time the event took to be published: an upper bound.)
 Reads through the reader role only (no customer rows: ids and times).
 """
 
@@ -30,6 +33,7 @@ class Lag:
     last_batch_duration_s: float
     event_time_watermark_epoch_s: float
     late_rows_dropped_total: int
+    late_events_total: int
     quarantined_total: int
 
     def late(self, max_publish_delay_s: float, max_stream_delay_s: float) -> list[str]:
@@ -43,7 +47,7 @@ class Lag:
             )
         if self.stream_delay_s > max_stream_delay_s:
             out.append(
-                f"stream behind: events published {self.stream_delay_s:.0f}s ago are not "
+                f"stream behind: an event published {self.stream_delay_s:.0f}s ago is not "
                 f"counted yet (bound {max_stream_delay_s:.0f}s); is stream_registration_counts "
                 "running?"
             )
@@ -52,6 +56,23 @@ class Lag:
 
 def _age(now: datetime, ts: datetime | None) -> float:
     return max(0.0, (now - ts).total_seconds()) if ts else 0.0
+
+
+def _stream_waiting_since(cur: Any, last_id: int, gaps: tuple, taken_until: Any) -> Any:
+    """Capture time of the oldest published event newer than what the stream last took."""
+    gap_sql = "".join(" AND event_id NOT BETWEEN %s AND %s" for _ in gaps)
+    args: list[Any] = [last_id]
+    for g in gaps:
+        args += [g.first, g.last]
+    since = ""
+    if taken_until is not None:
+        since = " AND captured_at > %s"
+        args.append(taken_until)
+    cur.execute(
+        f"SELECT MIN(captured_at) FROM users_change_events WHERE event_id <= %s{gap_sql}{since}",
+        args,
+    )
+    return cur.fetchone()[0]
 
 
 def read_lag(conn: Any, pipeline: str) -> Lag:
@@ -64,6 +85,7 @@ def read_lag(conn: Any, pipeline: str) -> Lag:
         (pipeline,),
     )
     wm = cur.fetchone() or (0, None, None)
+    gaps = gaps_from_json(wm[2] or "[]")
     cur.execute(
         "SELECT COUNT(*), MIN(captured_at) FROM users_change_events WHERE event_id > %s",
         (wm[0],),
@@ -74,6 +96,10 @@ def read_lag(conn: Any, pipeline: str) -> Lag:
         (QUERY,),
     )
     last_input_batch = cur.fetchone()[0]
+    cur.execute("SELECT MAX(committed_at) FROM stream_sink_commits WHERE query_name = %s", (QUERY,))
+    last_commit = cur.fetchone()[0]
+    taken_until = max((t for t in (last_input_batch, last_commit) if t), default=None)
+    waiting_since = _stream_waiting_since(cur, int(wm[0] or 0), gaps, taken_until)
     cur.execute(
         "SELECT rows_per_second, duration_ms, event_watermark FROM stream_progress "
         "WHERE query_name = %s ORDER BY finished_at DESC LIMIT 1",
@@ -82,25 +108,163 @@ def read_lag(conn: Any, pipeline: str) -> Lag:
     batch = cur.fetchone() or (None, None, None)
     cur.execute("SELECT COALESCE(SUM(late_rows_dropped), 0) FROM stream_progress")
     late = int(cur.fetchone()[0])
+    cur.execute("SELECT COUNT(*) FROM stream_late_events")
+    late_events = int(cur.fetchone()[0])
     cur.execute("SELECT COUNT(*) FROM stream_quarantine")
     quarantined = int(cur.fetchone()[0])
     cur.close()
-    published_at = wm[1] if int(wm[0] or 0) > 0 else None
-    stream_waiting = published_at and (not last_input_batch or last_input_batch < published_at)
     return Lag(
         backlog_events=int(backlog),
         oldest_unpublished_age_s=_age(now, oldest),
-        pending_gaps=len(gaps_from_json(wm[2] or "[]")),
+        pending_gaps=len(gaps),
         publish_delay_s=_age(now, oldest),
-        stream_delay_s=_age(now, published_at) if stream_waiting else 0.0,
+        stream_delay_s=_age(now, waiting_since),
         last_batch_input_rows_per_s=float(batch[0] or 0.0),
         last_batch_duration_s=(batch[1] or 0) / 1000.0,
         event_time_watermark_epoch_s=(batch[2] - datetime(1970, 1, 1)).total_seconds()
         if batch[2]
         else 0.0,
         late_rows_dropped_total=late,
+        late_events_total=late_events,
         quarantined_total=quarantined,
     )
+
+
+def fmt_duration(seconds: float) -> str:
+    """12.3 -> '12 s', 312 -> '5.2 min', 9000 -> '2.5 h', 200000 -> '2.3 d'."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+VERDICTS = {"ok": "Healthy", "warn": "Attention", "bad": "Problem"}
+# the reconciliation runs every 5 minutes by default: three missed runs is stale
+RECONCILE_STALE_S = 900
+
+
+@dataclass(frozen=True)
+class Card:
+    """One health card of the live view: what, its value, a verdict in words and why."""
+
+    key: str
+    title: str
+    value: str
+    status: str  # ok | warn | bad
+    verdict: str
+    detail: str
+    rule: str
+
+
+def grade(value: float, bound: float) -> str:
+    """Green up to half the alert bound, amber up to it, red past it (the alert fires)."""
+    return "ok" if value <= bound / 2 else ("warn" if value <= bound else "bad")
+
+
+def _delay_card(
+    key: str, title: str, delay_s: float, bound: float, idle: bool, detail: str
+) -> Card:
+    status = grade(delay_s, bound)
+    verdict = "Idle: nothing waiting" if idle else VERDICTS[status]
+    rule = (
+        f"green up to {fmt_duration(bound / 2)}, amber up to {fmt_duration(bound)}, "
+        "red past it (monitor_pipeline_lag fails)"
+    )
+    return Card(key, title, fmt_duration(delay_s), status, verdict, detail, rule)
+
+
+def _reconcile_card(recon: dict[str, Any] | None, now_age_s: float | None) -> Card:
+    rule = "green: every settled window matches; red: a window differs; amber: no recent check"
+    if recon is None:
+        return Card(
+            "reconciliation",
+            "Reconciliation",
+            "not run",
+            "warn",
+            "No check yet",
+            "reconcile_counts has not run",
+            rule,
+        )
+    differ = recon["windows_differing"]
+    ago = f"checked {fmt_duration(now_age_s or 0)} ago"
+    if differ:
+        return Card(
+            "reconciliation",
+            "Reconciliation",
+            f"{differ} differ",
+            "bad",
+            VERDICTS["bad"],
+            f"{differ} of {recon['windows_checked']} windows differ from the source; {ago}",
+            rule,
+        )
+    stale = (now_age_s or 0) > RECONCILE_STALE_S
+    return Card(
+        "reconciliation",
+        "Reconciliation",
+        f"{recon['windows_matched']} match",
+        "warn" if stale else "ok",
+        "Last check is old" if stale else "Counts match the source",
+        f"matched {recon['windows_matched']} (window, store) counts; {ago}",
+        rule,
+    )
+
+
+def _listed_card(key: str, title: str, total: int, recent: int, what: str) -> Card:
+    status = "warn" if recent else "ok"
+    verdict = f"{recent} in the last 24 h" if recent else "None in the last 24 h"
+    rule = "amber when any arrived in the last 24 h; each is listed below"
+    return Card(key, title, str(total), status, verdict, what, rule)
+
+
+def health_cards(
+    lag: Lag,
+    recon: dict[str, Any] | None,
+    recon_age_s: float | None,
+    recent: dict[str, int],
+    bounds: tuple[float, float],
+    lateness: str,
+) -> list[Card]:
+    """The live view's cards, each with a plain verdict and the rule behind its colour."""
+    max_publish, max_stream = bounds
+    return [
+        _delay_card(
+            "publish lag",
+            "Publish lag",
+            lag.publish_delay_s,
+            max_publish,
+            lag.backlog_events == 0,
+            f"{lag.backlog_events} CDC events waiting, {lag.pending_gaps} id gaps pending; "
+            "age of the oldest event not yet in Kafka",
+        ),
+        _delay_card(
+            "stream lag",
+            "Stream lag",
+            lag.stream_delay_s,
+            max_stream,
+            lag.stream_delay_s == 0,
+            "age of the oldest published event no micro-batch has taken yet",
+        ),
+        _reconcile_card(recon, recon_age_s),
+        _listed_card(
+            "too-late events",
+            "Too-late events",
+            lag.late_events_total,
+            recent["late"],
+            f"valid registrations older than the lateness bound ({lateness}): not counted",
+        ),
+        _listed_card(
+            "quarantined",
+            "Quarantined messages",
+            lag.quarantined_total,
+            recent["quarantined"],
+            "messages the stream could not read (bad JSON, fields, types or schema version)",
+        ),
+    ]
 
 
 # name, type, help; values come from the Lag field of the same name
@@ -114,6 +278,7 @@ METRICS = [
     ("last_batch_duration_s", "gauge", "Duration of the last micro-batch, seconds"),
     ("event_time_watermark_epoch_s", "gauge", "The stream's event-time watermark, epoch s"),
     ("late_rows_dropped_total", "counter", "Rows dropped as later than the allowed lateness"),
+    ("late_events_total", "counter", "Distinct events recorded as too late (not counted)"),
     ("quarantined_total", "counter", "Messages quarantined as malformed"),
 ]
 

@@ -266,3 +266,49 @@ def run_from_settings(settle_s: int | None, airflow_run_id: str | None) -> Resul
         )
     finally:
         conn.close()
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return ts.isoformat() + "Z" if ts else None
+
+
+def latest_run(conn: Any, max_mismatches: int = 20) -> dict[str, Any] | None:
+    """The newest reconciliation run and its first differing windows (the live view's)."""
+    cur = conn.cursor()
+    cur.execute(queries()["latest_run"])
+    row = cur.fetchone()
+    if row is None:
+        cur.close()
+        return None
+    run_id, checked_at, window_s, start, end, checked, matched = row[:7]
+    source, late, counted, airflow_run_id = row[7:]
+    cur.execute(queries()["run_mismatches"], (run_id, max_mismatches))
+    mismatches = [
+        {
+            "window_start": _iso(ws),
+            "window_end": _iso(we),
+            "store_id": int(store),
+            "source": int(src),
+            "late": int(lt),
+            "expected": int(exp),
+            "counted": None if cnt is None else int(cnt),
+            "difference": int(diff),
+        }
+        for ws, we, store, src, lt, exp, cnt, diff in cur.fetchall()
+    ]
+    cur.close()
+    return {
+        "run_id": int(run_id),
+        "checked_at": _iso(checked_at),
+        "window_seconds": int(window_s),
+        "range_start": _iso(start),
+        "range_end": _iso(end),
+        "windows_checked": int(checked),
+        "windows_matched": int(matched),
+        "windows_differing": int(checked) - int(matched),
+        "source_events": int(source),
+        "late_events": int(late),
+        "counted": int(counted),
+        "airflow_run_id": airflow_run_id,
+        "mismatches": mismatches,
+    }

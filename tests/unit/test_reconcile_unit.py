@@ -80,5 +80,12 @@ def test_a_mismatch_says_window_store_and_difference() -> None:
 
 def test_every_query_is_named_and_has_no_comment_lines() -> None:
     q = queries()
-    assert set(q) == {"now", "compare_windows", "insert_run", "insert_mismatch"}
+    assert set(q) == {
+        "now",
+        "compare_windows",
+        "insert_run",
+        "insert_mismatch",
+        "latest_run",
+        "run_mismatches",
+    }
     assert all("--" not in body and body and not body.endswith(";") for body in q.values())

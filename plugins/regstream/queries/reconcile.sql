@@ -44,3 +44,15 @@ INSERT INTO stream_reconciliation_mismatches
   (run_id, window_start, window_end, store_id, source_count, late_count, expected, counted,
    difference)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s);
+
+-- name: latest_run
+-- The newest run, for the live view (reader role).
+SELECT run_id, checked_at, window_seconds, range_start, range_end, windows_checked,
+       windows_matched, source_events, late_events, counted, airflow_run_id
+  FROM stream_reconciliation_runs ORDER BY run_id DESC LIMIT 1;
+
+-- name: run_mismatches
+SELECT window_start, window_end, store_id, source_count, late_count, expected, counted,
+       difference
+  FROM stream_reconciliation_mismatches WHERE run_id = %s
+ ORDER BY window_start DESC, store_id LIMIT %s;
