@@ -852,7 +852,31 @@ def exec_component(s: Settings, component: str) -> None:
     env = airflow_env(s, component)
     airflow = str(s.venv / "bin" / "airflow")
     os.chdir(s.run)
+    if _owns_log(s, component):
+        _log_to_file(s.logs / f"airflow-{component}.log")
     os.execve(airflow, [airflow, *_component_argv(component)], env)
+
+
+def _owns_log(s: Settings, component: str) -> bool:
+    """The LocalExecutor's scheduler writes its log itself: its task processes (children,
+    sharing its stdout) must keep a working stdout after it dies, long enough to stop their
+    task cleanly (supervisord closes a dead program's pipe: they would die of EPIPE, exit 125,
+    leaving the Spark driver running with no task around it)."""
+    return component == "scheduler" and s.executor == "LocalExecutor"
+
+
+def _log_to_file(path: Path, max_bytes: int = 50 << 20, backups: int = 2) -> None:
+    """stdout and stderr -> `path` (appended), rotated at start when over `max_bytes`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size > max_bytes:
+        for n in range(backups, 0, -1):
+            older = path.with_name(f"{path.name}.{n - 1}") if n > 1 else path
+            if older.exists():
+                older.replace(path.with_name(f"{path.name}.{n}"))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 # The settings `stackctl exec` must see to rebuild this profile's Settings: base_env drops
@@ -896,6 +920,10 @@ def _airflow_programs(s: Settings) -> list[Program]:
             ROOT,
             startsecs=5,
             env=settings_env(s),
+            # a component that dies takes its processes along (LocalExecutor: its tasks);
+            # a Celery worker's task is failed by Airflow's heartbeat timeout and retried
+            stop_leftovers=not c.startswith("celery-worker"),
+            own_log=_owns_log(s, c),
         )
         for c in airflow_components(s)
     ]

@@ -11,19 +11,37 @@ component with exactly the credentials it needs.
 
 Programs are declared with autostart=false: stackctl starts them in order (databases, Kafka,
 then Airflow), each only after the previous one is ready, through `supervisorctl start`.
+
+What supervisord does not do: when a program's main process dies by itself, the processes it
+started live on (supervisord signals a program's process group only when *it* stops the
+program). systemd's default (`KillMode=control-group`) stops them. A scheduler under
+LocalExecutor is the case that matters: its task processes, the Spark driver among them, would
+run on unsupervised, the driver holding the stream's MySQL lock, so the retried task could not
+start its own. A program declared with `stop_leftovers` gets that systemd behaviour from a
+supervisord event listener (`leftover-reaper`, this module's `reap`): on the program's
+PROCESS_STATE_EXITED it sends SIGTERM to every process the dead one left (its process group,
+their descendants and the groups they lead: an Airflow task runs in its own group), then
+SIGKILL to any still there after the program's `stopwaitsecs`. Each step is a line in
+`.state/<profile>/logs/leftover-reaper.log`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stackctl import procs
 from stackctl.config import Settings
+
+log = logging.getLogger("stackctl.supervisor")
 
 
 class SupervisorError(RuntimeError):
@@ -43,6 +61,12 @@ class Program:
     startsecs: int = 3
     startretries: int = 10
     env: dict[str, str] = field(default_factory=dict)
+    # stop what the program leaves behind when its main process dies (module docstring)
+    stop_leftovers: bool = False
+    # the program writes its own log file (`stdout_logfile` is then not supervisord's pipe,
+    # which supervisord closes when the main process dies: children still writing to it
+    # would die of EPIPE before they could stop cleanly)
+    own_log: bool = False
 
 
 def conf_path(s: Settings) -> Path:
@@ -103,16 +127,36 @@ def render(s: Settings, programs: list[Program]) -> str:
             "stopasgroup=true",
             "killasgroup=true",
             "redirect_stderr=true",
-            f"stdout_logfile={s.logs / (p.name + '.log')}",
-            "stdout_logfile_maxbytes=50MB",
-            "stdout_logfile_backups=2",
         ]
+        if p.own_log:
+            lines.append("stdout_logfile=NONE")
+        else:
+            lines += [
+                f"stdout_logfile={s.logs / (p.name + '.log')}",
+                "stdout_logfile_maxbytes=50MB",
+                "stdout_logfile_backups=2",
+            ]
         if p.user:
             lines.append(f"user={p.user}")
         if p.env:
             pairs = ",".join(f'{k}="{v}"' for k, v in sorted(p.env.items()))
             lines.append(f"environment={pairs.replace('%', '%%')}")
         lines.append("")
+    watched = [f"{p.name}={p.stopwaitsecs}" for p in programs if p.stop_leftovers]
+    if watched:
+        reap = [_bin(s, "python"), "-m", "stackctl.supervisor", "reap", *watched]
+        lines += [
+            f"[eventlistener:{REAPER}]",
+            f"command={' '.join(_quote(a) for a in reap)}",
+            f"directory={Path(__file__).resolve().parent.parent}",
+            "events=PROCESS_STATE_EXITED",
+            "autostart=true",
+            "autorestart=true",
+            f"stderr_logfile={s.logs / (REAPER + '.log')}",
+            "stderr_logfile_maxbytes=10MB",
+            "stderr_logfile_backups=2",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -244,3 +288,101 @@ def _gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+# ---------------------------------------------------------------- leftovers of a dead program
+
+REAPER = "leftover-reaper"
+
+
+def _table() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent, process group, start time) of every live process."""
+    out = {}
+    for pid in procs.all_pids():
+        try:
+            f = procs.stat_fields(pid)
+        except (OSError, IndexError):
+            continue
+        if f[0] != "Z":
+            out[pid] = (int(f[1]), int(f[2]), f[19])
+    return out
+
+
+def leftovers(group: int, table: dict[int, tuple[int, int, str]]) -> dict[int, str]:
+    """The processes a program whose main process was `group` left: the members of its
+    process group (supervisord gives each program its own), their descendants, and every
+    process in a group one of them leads. pid -> start time (to never signal a reused pid)."""
+    keep = {os.getpid(), os.getppid()}
+    found = {pid for pid, (_, pgrp, _) in table.items() if pgrp == group} - keep
+    while True:
+        more = {
+            pid
+            for pid, (ppid, pgrp, _) in table.items()
+            if pid not in found and pid not in keep and (ppid in found or pgrp in found)
+        }
+        if not more:
+            return {pid: table[pid][2] for pid in found}
+        found |= more
+
+
+def _signal_alive(pids: dict[int, str], sig: signal.Signals) -> list[int]:
+    """Send `sig` to those of `pids` still running (same start time); return them."""
+    table = _table()
+    alive = [pid for pid, start in pids.items() if table.get(pid, (0, 0, ""))[2] == start]
+    for pid in alive:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    return alive
+
+
+def stop_leftovers(name: str, pid: int, grace: float) -> list[int]:
+    """SIGTERM what the dead program `name` (main pid `pid`) left, SIGKILL it after `grace`
+    seconds. Returns the pids found."""
+    pids = leftovers(pid, _table())
+    if not pids:
+        return []
+    log.info(
+        "%s (pid %d) exited and left %d processes: SIGTERM %s", name, pid, len(pids), sorted(pids)
+    )
+    _signal_alive(pids, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        table = _table()
+        if not any(table.get(p, (0, 0, ""))[2] == start for p, start in pids.items()):
+            log.info("%s (pid %d): its leftovers are gone", name, pid)
+            return sorted(pids)
+        time.sleep(0.2)
+    killed = _signal_alive(pids, signal.SIGKILL)
+    log.warning("%s (pid %d): SIGKILL %s, still running after %.0f s", name, pid, killed, grace)
+    return sorted(pids)
+
+
+def reap(watched: dict[str, float]) -> None:
+    """supervisord event listener: stop the leftovers of each watched program that exits.
+    Protocol: READY, then a header line with `len`, a payload, and `RESULT 2\\nOK`."""
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    log.info("watching %s", sorted(watched))
+    while True:
+        stdout.write(b"READY\n")
+        stdout.flush()
+        header = dict(tok.split(":", 1) for tok in stdin.readline().decode().split())
+        payload = stdin.read(int(header["len"])).decode()
+        event = dict(tok.split(":", 1) for tok in payload.split() if ":" in tok)
+        name = event.get("processname", "")
+        if header.get("eventname") == "PROCESS_STATE_EXITED" and name in watched:
+            threading.Thread(
+                target=stop_leftovers,
+                args=(name, int(event["pid"]), watched[name]),
+                daemon=True,
+            ).start()
+        stdout.write(b"RESULT 2\nOK")
+        stdout.flush()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["reap"]:
+        raise SystemExit("usage: python -m stackctl.supervisor reap PROGRAM=GRACE_S ...")
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s")
+    reap({k: float(v) for k, v in (arg.split("=", 1) for arg in sys.argv[2:])})

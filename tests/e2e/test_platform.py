@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from stackctl import config, services, supervisor
+from stackctl import config, procs, services, supervisor
 from stackctl.airflow_api import AirflowAPIError
 from tests.conftest import ARTIFACTS, root_conn, wait_for
 from tests.e2e.conftest import (
@@ -214,6 +214,31 @@ def _kill_program(stack, program: str, check: Callable[[], bool]) -> Callable[[]
     return action
 
 
+def _started(pids: list[int]) -> dict[int, str]:
+    """pid -> start time, to tell a process from a later one with the same pid."""
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = procs.stat_fields(pid)[19]
+        except (OSError, IndexError):
+            continue
+    return out
+
+
+def _alive(started: dict[int, str]) -> list[int]:
+    now = _started(list(started))
+    return [p for p, t in started.items() if now.get(p) == t]
+
+
+def _drivers(stack, under: int | None = None) -> list[int]:
+    """The stream job's driver processes; with `under`, only those below that process."""
+    pids = profile_pids_matching(stack, "registration_counts.py")
+    if under is None:
+        return pids
+    below = set(services.descendants(under))
+    return [p for p in pids if p in below]
+
+
 def test_faults_during_steady_load_recover_to_ground_truth(stack, platform) -> None:
     """SIGKILL each part while ingest runs arrive every 3 s; supervisord (or Airflow, for a
     task or the Spark job) brings it back, and the counts end equal to the SQL truth."""
@@ -258,11 +283,28 @@ def test_faults_during_steady_load_recover_to_ground_truth(stack, platform) -> N
     def health_ok() -> bool:
         return services.airflow_healthy(stack)
 
+    def kill_scheduler() -> dict:
+        """LocalExecutor: the tasks (the Spark driver among them) are the scheduler's
+        children. None of them may run on without it (the orphaned driver held the stream's
+        lock and no retry could start), and the stream must run again as an Airflow task."""
+        wait_for("the Spark driver", lambda: _drivers(stack), 240, 0.5)
+        old = supervisor.pid_of(stack, "airflow-scheduler")
+        assert old
+        tree = _started(services.descendants(old))
+        info = _kill_program(stack, "airflow-scheduler", health_ok)()
+        t0 = time.monotonic()
+        wait_for("the killed scheduler's processes to end", lambda: not _alive(tree), 60, 0.5)
+        left_s = time.monotonic() - t0
+        wait_for(
+            "a Spark driver started by the new scheduler's task",
+            lambda: _drivers(stack, under=supervisor.pid_of(stack, "airflow-scheduler")),
+            240,
+            0.5,
+        )
+        return {**info, "its_processes": len(tree), "they_ended_s": round(left_s, 1)}
+
     fault("kill publisher task", kill_publisher)
-    # Not the scheduler here: under LocalExecutor the running tasks are its children, and
-    # Airflow 3.3 resets them as orphans after a scheduler SIGKILL and can leave them stranded
-    # (seen: the stream task never rescheduled). The cluster profile's chaos test SIGKILLs the
-    # scheduler under CeleryExecutor, where tasks live on the workers.
+    fault("SIGKILL scheduler", kill_scheduler)
     fault("SIGKILL triggerer", _kill_program(stack, "airflow-triggerer", health_ok))
     fault(
         "SIGKILL Kafka", _kill_program(stack, "kafka", lambda: services.port_open(stack.kafka_port))
@@ -271,7 +313,7 @@ def test_faults_during_steady_load_recover_to_ground_truth(stack, platform) -> N
     fault("SIGKILL Spark driver", kill_spark_driver)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "faults.json").write_text(json.dumps(figures, indent=2))
-    assert len(figures) == 5
+    assert len(figures) == 6
     assert all(supervisor.pid_of(stack, p.name) for p in services.programs(stack))
 
 
