@@ -33,7 +33,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, Response
 
 from regstream import settings
-from regstream.monitoring import health_cards, read_lag
+from regstream.monitoring import QUERY, health_cards, read_lag
 from regstream.reconcile import latest_run
 
 log = logging.getLogger(__name__)
@@ -207,9 +207,12 @@ FACTS = (
     "(SELECT updated_at FROM latest_cdc_timestamp WHERE pipeline = %(topic)s), "
     "(SELECT MAX(last_updated) FROM registrations_per_window)"
 )
+# the sink's last applied micro-batch, and the job's last sign of life (its progress rows,
+# including the idle heartbeat)
 LAST_BATCH = (
-    "SELECT batch_id, finished_at, event_watermark FROM stream_progress "
-    "WHERE query_name = 'registration_counts' ORDER BY finished_at DESC LIMIT 1"
+    "SELECT batch_id, committed_at, event_watermark, "
+    "(SELECT MAX(finished_at) FROM stream_progress WHERE query_name = %(q)s) "
+    "FROM stream_sink_commits WHERE query_name = %(q)s"
 )
 
 
@@ -260,8 +263,8 @@ def health(conn: Any, topic: str) -> dict[str, Any]:
     late_24h, quarantined_24h = (int(n) for n in cur.fetchone())
     cur.execute(FACTS, {"topic": topic})
     last_id, wm_updated, last_result = cur.fetchone()
-    cur.execute(LAST_BATCH)
-    batch = cur.fetchone() or (None, None, None)
+    cur.execute(LAST_BATCH, {"q": QUERY})
+    batch = cur.fetchone() or (None, None, None, None)
     lists = listed_events(cur)
     cur.close()
     recon = latest_run(conn)
@@ -287,6 +290,7 @@ def health(conn: Any, topic: str) -> dict[str, Any]:
         "last_batch_id": batch[0],
         "last_batch_age_s": age(batch[1]),
         "event_time_watermark": _iso(batch[2]),
+        "stream_seen_age_s": age(batch[3]),
         "late_rows_dropped": lag.late_rows_dropped_total,
         "late_events": lag.late_events_total,
         "quarantined": lag.quarantined_total,

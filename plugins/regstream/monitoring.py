@@ -102,7 +102,7 @@ def read_lag(conn: Any, pipeline: str) -> Lag:
     waiting_since = _stream_waiting_since(cur, int(wm[0] or 0), gaps, taken_until)
     cur.execute(
         "SELECT rows_per_second, duration_ms, event_watermark FROM stream_progress "
-        "WHERE query_name = %s ORDER BY finished_at DESC LIMIT 1",
+        "WHERE query_name = %s AND batch_id >= 0 ORDER BY finished_at DESC LIMIT 1",
         (QUERY,),
     )
     batch = cur.fetchone() or (None, None, None)

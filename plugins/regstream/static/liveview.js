@@ -26,7 +26,8 @@ function renderCards(h) {
   $("overall").textContent = worst === "ok" ? "All healthy" : `${n} of ${h.cards.length} need a look`;
   $("facts").innerHTML = [
     ["watermark age", `watermark at event ${h.watermark_event_id}, moved ${ago(h.watermark_age_s)} ago`],
-    ["last batch", `last micro-batch ${h.last_batch_id ?? "none"}, ${ago(h.last_batch_age_s)} ago`],
+    ["last batch", `last micro-batch ${h.last_batch_id ?? "none"} committed ${ago(h.last_batch_age_s)} ago`],
+    ["stream job", `stream job last seen ${ago(h.stream_seen_age_s)} ago`],
     ["event-time watermark", `event-time watermark ${when(h.event_time_watermark) || "n/a"}`],
     ["last count", `last count written ${ago(h.last_result_age_s)} ago`],
   ].map(([k, v]) => `<span data-metric="${k}"><b>&bull;</b> ${esc(v)}</span>`).join("");
@@ -71,6 +72,15 @@ function renderEventLists(h) {
       <td>${when(q.quarantined_at)}</td></tr>`);
 }
 
+// 24-hour UTC labels; the date too when the axis spans more than a day
+function timeLabels(u, splits) {
+  const span = splits.length > 1 ? splits[splits.length - 1] - splits[0] : 0;
+  return splits.map(v => {
+    const iso = new Date(v * 1e3).toISOString();
+    return span > 86400 ? `${iso.slice(5, 10)} ${iso.slice(11, 16)}` : iso.slice(11, 16);
+  });
+}
+
 function renderChart(s) {
   const el = $("chart"), stores = Object.keys(s.stores);
   const key = `${s.window_seconds}|${stores.join(",")}`;
@@ -88,7 +98,8 @@ function renderChart(s) {
     width: el.clientWidth || 900, height: 300,
     tzDate: ts => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
     scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
-    axes: [{ stroke: "#59636e", grid: { stroke: "#eef1f4" } },
+    legend: { live: false },
+    axes: [{ stroke: "#59636e", grid: { stroke: "#eef1f4" }, values: timeLabels },
            { label: `registrations per ${s.window_seconds / 60} min`, stroke: "#59636e",
              grid: { stroke: "#eef1f4" } }],
     series: [{ label: "window start (UTC)" }, ...stores.map((k, i) => ({
