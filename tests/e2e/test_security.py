@@ -20,7 +20,13 @@ from tests.e2e.conftest import profile_pids_matching
 
 pytestmark = pytest.mark.e2e
 
-LIVE_VIEW = ("/regstream/", "/regstream/api/counts?window=5", "/regstream/api/health")
+LIVE_VIEW = (
+    "/regstream/",
+    "/regstream/api/counts?window=5",
+    "/regstream/api/health",
+    "/regstream/api/series?window=5&hours=3",
+    "/regstream/static/liveview.js",
+)
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:

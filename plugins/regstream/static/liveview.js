@@ -101,7 +101,8 @@ function renderChart(s) {
     legend: { live: false },
     axes: [{ stroke: "#59636e", grid: { stroke: "#eef1f4" }, values: timeLabels },
            { label: `registrations per ${s.window_seconds / 60} min`, stroke: "#59636e",
-             grid: { stroke: "#eef1f4" } }],
+             grid: { stroke: "#eef1f4" },
+             values: (u, ticks) => ticks.map(v => Number.isInteger(v) ? v : "") }],
     series: [{ label: "window start (UTC)" }, ...stores.map((k, i) => ({
       label: `store ${k}`, stroke: COLOURS[i % COLOURS.length], width: 2,
       fill: COLOURS[i % COLOURS.length] + "1a", paths: uPlot.paths.stepped({ align: 1 }),
