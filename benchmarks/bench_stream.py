@@ -1,13 +1,19 @@
-"""Stream throughput and end-to-end freshness on this machine.
+"""Stream throughput, cost against history, and end-to-end freshness on this machine.
 
-Usage: .state/venv/bin/python -m benchmarks.bench_stream [--events 2000000] [--seconds 60]
+Usage: .state/venv/bin/python -m benchmarks.bench_stream [--events 2000000]
+           [--history 0,2000000,10000000] [--new 1000000] [--only throughput|history|freshness]
 
 throughput  2,000,000 valid events are put in a topic first, then the job (spark-submit,
-            local[2], both queries running, 500,000 offsets per trigger) consumes them.
-            Sustained events/s = events of batches 2..n / time from the end of batch 1 to the
-            end of batch n; batch 1 runs on a cold JVM (JIT, code generation) and is reported
-            apart, with the rate over all batches including it. Target: >= 50,000 events/s
-            sustained.
+            local[2], 500,000 offsets per trigger) consumes them. Sustained events/s = events
+            of batches 2..n / time from the end of batch 1 to the end of batch n; batch 1 runs
+            on a cold JVM (JIT, code generation) and is reported apart. Baseline in the same
+            run: one Python consumer (confluent-kafka + orjson) computing the same per-window,
+            per-store counts from a topic of the same events. Target: >= 150,000 events/s.
+history     the same 1,000,000 new events processed after 0, 2M and 10M earlier events (event
+            times within the 7-day lateness) went through the same job: per history size,
+            sustained events/s and batch p50/p95 of the new events only, Spark's state on disk,
+            the sink's rows, the job's RSS. Targets: throughput at 10M >= 0.8 x at 0, batch
+            p95 <= 1.25 x.
 freshness   customers inserted one per transaction at a steady rate (create_date = now)
             through the whole flow: trigger -> publisher in its most continuous mode (a loop
             of publish runs back to back: `python -m regstream.publish --loop`) -> Kafka ->
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -51,7 +58,16 @@ def kill(proc) -> None:
     kill_job(proc)
 
 
-def produce_events(s, topic: str, n: int) -> None:
+def produce_events(
+    s,
+    topic: str,
+    n: int,
+    first_id: int = 1,
+    start: datetime = datetime(2026, 11, 1),
+    span_s: int = 172_800,
+) -> None:
+    """n valid events, ids first_id.., event times spread over span_s seconds from start, two
+    stores (one per partition), as the publisher writes them."""
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient
     from regstream import publish
@@ -60,7 +76,7 @@ def produce_events(s, topic: str, n: int) -> None:
         AdminClient({"bootstrap.servers": s.kafka_bootstrap}), topic, 2, 1, s.kafka_bootstrap
     )
     p = Producer(publish.producer_config(s.kafka_bootstrap))
-    base = datetime(2026, 11, 1)
+    step = span_s / n
     d = publish.Deliveries()
     rows = (
         (
@@ -70,58 +86,195 @@ def produce_events(s, topic: str, n: int) -> None:
                 '"customer_id":%d,"store_id":%d,"first_name":"MARY","last_name":"SMITH",'
                 '"email":"m@example.org","address_id":%d,"create_date":"%sZ",'
                 '"captured_at":"2026-11-24T00:00:00.000000Z"}'
-                % (i, i, 1 + i % 2, i, (base + timedelta(seconds=i % 172800)).isoformat())  # noqa: UP031
+                % (
+                    i,
+                    i,
+                    1 + i % 2,
+                    i,
+                    (start + timedelta(seconds=int((i - first_id) * step))).isoformat(),
+                )  # noqa: UP031
             ).encode(),
         )
-        for i in range(1, n + 1)
+        for i in range(first_id, first_id + n)
     )
     sent = publish.produce_all(p, topic, rows, d)
-    publish.flush_or_fail(p, sent, d, s.kafka_bootstrap, 120)
+    publish.flush_or_fail(p, sent, d, s.kafka_bootstrap, 300)
+
+
+def batches_after(cur, batch_id: int) -> list[tuple[int, int, float, int]]:
+    """(input rows, duration ms, finished at, batch id) of the job's batches after batch_id."""
+    cur.execute(
+        "SELECT input_rows, duration_ms, UNIX_TIMESTAMP(finished_at), batch_id FROM "
+        "stream_progress WHERE query_name = 'registration_counts' AND batch_id > %s "
+        "AND input_rows > 0 ORDER BY batch_id",
+        (batch_id,),
+    )
+    return [(int(r[0]), int(r[1]), float(r[2]), int(r[3])) for r in cur.fetchall()]
+
+
+def wait_consumed(cur, proc, after_batch: int, n: int, log: Path, timeout: float = 1800) -> list:
+    """Poll until the job's batches after `after_batch` hold n rows; return them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = batches_after(cur, after_batch)
+        if sum(b[0] for b in got) >= n:
+            return got
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"job exited or timed out; see {log}")
+        time.sleep(0.5)
+
+
+def job_rss_mib(proc) -> float:
+    """RSS of the job's whole session (spark-submit's JVM and the Python driver)."""
+    from stackctl import procs
+
+    sid = proc.pid
+    total = 0
+    for pid in procs.all_pids():
+        try:
+            if os.getsid(pid) != sid:
+                continue
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(x.split()[1]) for x in f if x.startswith("VmRSS"))
+        except (OSError, StopIteration):
+            continue
+    return round(total / 1024, 1)
+
+
+def rates(batches: list, n: int) -> dict:
+    """Sustained events/s after the first of `batches` (its end to the last one's end)."""
+    durations = [b[1] for b in batches]
+    steady_rows = sum(b[0] for b in batches[1:])
+    steady_wall = batches[-1][2] - batches[0][2]
+    q = statistics.quantiles(durations, n=20) if len(durations) > 1 else durations * 19
+    return {
+        "events": n,
+        "events_per_s": round(steady_rows / steady_wall) if steady_wall > 0 else None,
+        "batches": len(batches),
+        "batch_ms_p50": round(statistics.median(durations)),
+        "batch_ms_p95": round(q[18]),
+        "batch_ms": durations,
+    }
 
 
 def throughput(s, n: int, work: Path) -> dict:
     database, topic = fresh(s)
     produce_events(s, topic, n)
-    proc = start_job(s, topic, work / "ck-throughput", work / "throughput.log", 500_000, "1 second")
+    log = work / "throughput.log"
+    proc = start_job(s, topic, work / "ck-throughput", log, 500_000, "1 second")
     cur = root_conn(s, database).cursor()
-    deadline = time.monotonic() + 900
-    while True:
-        cur.execute(
-            "SELECT COALESCE(SUM(input_rows), 0) FROM stream_progress WHERE query_name "
-            "= 'registration_counts'"
-        )
-        if cur.fetchone()[0] >= n:
-            break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"job exited or timed out; see {work / 'throughput.log'}")
-        time.sleep(0.5)
-    cur.execute(
-        "SELECT input_rows, duration_ms, UNIX_TIMESTAMP(finished_at) FROM "
-        "stream_progress WHERE query_name = 'registration_counts' AND input_rows > 0 "
-        "ORDER BY batch_id"
-    )
-    batches = cur.fetchall()
+    batches = wait_consumed(cur, proc, -1, n, log)
+    rss = job_rss_mib(proc)
     cur.execute("SELECT SUM(registrations) FROM registrations_per_window")
     counted = int(cur.fetchone()[0])
     kill(proc)
     drop(s, database)
-    first_start = float(batches[0][2]) - batches[0][1] / 1000
-    wall = float(batches[-1][2]) - first_start
-    # Sustained: after the first batch, whose time is mostly the cold JVM (JIT, codegen).
-    steady_rows = sum(int(b[0]) for b in batches[1:])
-    steady_wall = float(batches[-1][2]) - float(batches[0][2])
-    durations = [int(b[1]) for b in batches]
     assert counted == n, (counted, n)
+    first_start = batches[0][2] - batches[0][1] / 1000
+    wall = batches[-1][2] - first_start
+    return {
+        **rates(batches, n),
+        "seconds": round(wall, 1),
+        "events_per_s_with_cold_start": round(n / wall),
+        "cold_first_batch_ms": batches[0][1],
+        "job_rss_mib": rss,
+        "target_events_per_s": 150_000,
+    }
+
+
+def python_baseline(s, n: int) -> dict:
+    """The simplest possible counter: one Python consumer (confluent-kafka + orjson) computing
+    the same per-window, per-store counts from the same kind of topic."""
+    import resource
+
+    import orjson
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    database, topic = fresh(s)
+    produce_events(s, topic, n)
+    drop(s, database)
+    c = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap,
+            "group.id": f"baseline-{topic}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    c.assign([TopicPartition(topic, p, 0) for p in (0, 1)])
+    counts: dict[tuple[str, int], int] = {}
+    seen, at_end = 0, set()
+    t0 = time.monotonic()
+    while len(at_end) < 2:
+        for m in c.consume(10_000, timeout=1):
+            if m.error() is not None:
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(m.partition())
+                continue
+            e = orjson.loads(m.value())
+            key = (e["create_date"][:16], e["store_id"])  # the minute: a 1-minute window
+            counts[key] = counts.get(key, 0) + 1
+            seen += 1
+    seconds = time.monotonic() - t0
+    c.close()
+    assert seen == n and sum(counts.values()) == n, (seen, n)
     return {
         "events": n,
-        "seconds": round(wall, 1),
-        "events_per_s": round(steady_rows / steady_wall) if steady_rows else None,
-        "events_per_s_with_cold_start": round(n / wall),
-        "cold_first_batch_ms": durations[0],
-        "batches": len(batches),
-        "batch_ms": durations,
-        "batch_ms_max": max(durations),
-        "target_events_per_s": 50_000,
+        "events_per_s": round(n / seconds),
+        "seconds": round(seconds, 1),
+        "windows": len(counts),
+        "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def history(s, sizes: list[int], new: int, work: Path) -> dict:
+    """The same `new` events processed after 0, 2M, 10M earlier events (within the lateness)
+    went through the job: per history size, sustained events/s and batch durations of the
+    new events only, the job's state (Spark's checkpoint and the sink's rows) and RSS."""
+    runs = []
+    for h in sizes:
+        database, topic = fresh(s)
+        log = work / f"history-{h}.log"
+        ck = work / f"ck-history-{h}"
+        proc = start_job(s, topic, ck, log, 500_000, "1 second")
+        cur = root_conn(s, database).cursor()
+        last = -1
+        if h:  # history: the 6 days before the new events, all within the 7-day lateness
+            produce_events(s, topic, h, 1, datetime(2026, 11, 1), 6 * 86400)
+            last = wait_consumed(cur, proc, -1, h, log)[-1][3]
+        produce_events(s, topic, new, h + 1, datetime(2026, 11, 7), 3600)
+        batches = wait_consumed(cur, proc, last, new, log)
+        cur.execute("SELECT COUNT(*), SUM(registrations) FROM registrations_per_window")
+        windows, counted = cur.fetchone()
+        runs.append(
+            {
+                "history_events": h,
+                **rates(batches, new),
+                "spark_state_bytes": dir_bytes(ck / "registration_counts" / "state")
+                if (ck / "registration_counts" / "state").exists()
+                else 0,
+                "checkpoint_bytes": dir_bytes(ck),
+                "sink_windows": int(windows),
+                "job_rss_mib": job_rss_mib(proc),
+            }
+        )
+        kill(proc)
+        drop(s, database)
+        assert int(counted) == h + new, (counted, h + new)
+    base = runs[0]["events_per_s"]
+    top = runs[-1]
+    return {
+        "new_events": new,
+        "runs": runs,
+        "throughput_ratio": round(top["events_per_s"] / base, 2),
+        "batch_p95_ratio": round(top["batch_ms_p95"] / runs[0]["batch_ms_p95"], 2),
+        "target_throughput_ratio": 0.8,
+        "target_batch_p95_ratio": 1.25,
     }
 
 
@@ -233,25 +386,22 @@ def freshness(s, seconds: int, rate: float, work: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--events", type=int, default=2_000_000)
+    p.add_argument("--history", default="0,2000000,10000000", help="history sizes")
+    p.add_argument("--new", type=int, default=1_000_000, help="new events after each history")
     p.add_argument("--seconds", type=int, default=60)
     p.add_argument("--rate", type=float, default=10.0)
-    p.add_argument("--only", choices=["throughput", "freshness"], default=None)
+    p.add_argument("--only", choices=["throughput", "history", "freshness"], default=None)
     args = p.parse_args()
     s = stack()
     work = s.run / "bench"
     shutil.rmtree(work, ignore_errors=True)  # checkpoints of an earlier run: other topics
     work.mkdir(parents=True)
-    if args.only != "freshness":
-        t = throughput(s, args.events, work)
-        report(
-            "stream_throughput",
-            t,
-            f"{t['events']:,} events: {t['events_per_s']:,}/s sustained after the first "
-            f"batch; {t['events_per_s_with_cold_start']:,}/s over all {t['seconds']} s "
-            f"including the cold first batch ({t['cold_first_batch_ms']} ms); "
-            f"batches {t['batch_ms']} ms",
-        )
-    if args.only != "throughput":
+    if args.only in (None, "throughput"):
+        report_throughput(throughput(s, args.events, work), python_baseline(s, args.events))
+    if args.only in (None, "history"):
+        sizes = [int(x) for x in args.history.split(",")]
+        report_history(history(s, sizes, args.new, work))
+    if args.only in (None, "freshness"):
         f = freshness(s, args.seconds, args.rate, work)
         report(
             "freshness",
@@ -261,6 +411,33 @@ def main() -> None:
             f"({f['mode']}); {f['not_visible']} never visible",
         )
     print(json.dumps({"ok": True}))
+
+
+def report_throughput(t: dict, b: dict) -> None:
+    report(
+        "stream_throughput",
+        {**t, "baseline_events_per_s": b["events_per_s"], "baseline_python_consumer": b},
+        f"{t['events']:,} events: Spark job {t['events_per_s']:,}/s sustained after the first "
+        f"batch ({t['events_per_s_with_cold_start']:,}/s over all {t['seconds']} s, cold "
+        f"first batch {t['cold_first_batch_ms']} ms), batch p50/p95 {t['batch_ms_p50']}/"
+        f"{t['batch_ms_p95']} ms, job RSS {t['job_rss_mib']} MiB | baseline, one Python "
+        f"consumer (confluent-kafka + orjson): {b['events_per_s']:,}/s, RSS {b['max_rss_mib']} MiB",
+    )
+
+
+def report_history(h: dict) -> None:
+    rows = "; ".join(
+        f"after {r['history_events']:,}: {r['events_per_s']:,}/s, batch p50/p95 "
+        f"{r['batch_ms_p50']}/{r['batch_ms_p95']} ms, Spark state {r['spark_state_bytes']} B, "
+        f"sink windows {r['sink_windows']:,}, RSS {r['job_rss_mib']} MiB"
+        for r in h["runs"]
+    )
+    report(
+        "stream_history",
+        h,
+        f"{h['new_events']:,} new events {rows}; throughput ratio {h['throughput_ratio']} "
+        f"(target >= 0.8), batch p95 ratio {h['batch_p95_ratio']} (target <= 1.25)",
+    )
 
 
 if __name__ == "__main__":

@@ -363,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.loop:
         run_publish(max_events=args.max_events)
         return 0
+    import MySQLdb
+
     from regstream.db import DatabaseUnavailable
 
     pub: HookedPublisher | None = None
@@ -372,10 +374,14 @@ def main(argv: list[str] | None = None) -> int:
             r = pub.run(args.max_events)
             if r.published == 0:
                 time.sleep(args.interval)
-        except (PublishError, DatabaseUnavailable, PublisherBusy) as exc:
-            log.error("publish failed, retrying in 5 s: %s", exc)
+        except (PublishError, DatabaseUnavailable, PublisherBusy, MySQLdb.Error) as exc:
+            # MySQLdb.Error: MariaDB went away mid-run (the watermark did not move)
+            log.error("publish failed, retrying in 5 s with new connections: %s", exc)
             if pub is not None:
-                pub.close()
+                try:
+                    pub.close()
+                except MySQLdb.Error:
+                    pass  # the connection is already gone
             pub = None
             time.sleep(5)
 
