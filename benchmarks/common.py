@@ -9,7 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from stackctl import config, db, services
+from stackctl import config, db, procs, services
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,9 +45,7 @@ def drop(s: config.Settings, database: str) -> None:
 
 
 def machine() -> dict[str, Any]:
-    mem_kb = next(
-        int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal")
-    )
+    mem_kb = procs.kib("meminfo", "MemTotal")
     cpu = next(
         (
             line.split(":", 1)[1].strip()

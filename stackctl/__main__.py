@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from stackctl import config, install, services, supervisor
+from stackctl import config, install, procs, services, supervisor
 
 log = logging.getLogger("stackctl")
 
@@ -147,10 +147,9 @@ def pss_mib(pids: list[int]) -> float:
     kb = 0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/smaps_rollup") as fh:
-                kb += next(int(line.split()[1]) for line in fh if line.startswith("Pss:"))
-        except (OSError, StopIteration):
-            pass
+            kb += procs.kib(f"{pid}/smaps_rollup", "Pss")
+        except OSError:
+            continue  # ended while we looked
     return kb / 1024
 
 

@@ -63,3 +63,11 @@ def holds_open(pid: int, needle: str) -> bool:
 def holding(pids: Iterable[int], needle: str) -> list[int]:
     """The pids among `pids` that hold a file with `needle` in its path open."""
     return [pid for pid in pids if holds_open(pid, needle)]
+
+
+def kib(name: str, key: str) -> int:
+    """The `<key>: <n> kB` line of a /proc file: `meminfo`, `<pid>/status`,
+    `<pid>/smaps_rollup`; 0 if it has none (a kernel thread has no memory lines). Raises
+    OSError once the process is gone."""
+    with open(PROC / name) as fh:
+        return next((int(line.split()[1]) for line in fh if line.startswith(f"{key}:")), 0)

@@ -128,6 +128,10 @@ def test_procs_reads_parent_state_command_line_and_open_files(tmp_path) -> None:
         child.kill()
         child.wait()
     assert procs.argv(child.pid) == [] and procs.cmdline(child.pid) == ""
+    assert 0 < procs.kib(f"{os.getpid()}/status", "VmRSS") < procs.kib("meminfo", "MemTotal")
+    assert procs.kib("meminfo", "NoSuchLine") == 0
+    with pytest.raises(OSError):
+        procs.kib(f"{child.pid}/smaps_rollup", "Pss")
     assert not procs.holds_open(child.pid, "task_id=")
     with pytest.raises(OSError):
         procs.parent_pid(child.pid)
