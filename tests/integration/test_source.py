@@ -13,7 +13,8 @@ import pytest
 from regstream import db, ingest
 
 from stackctl import services
-from tests.conftest import role_conn, root_conn
+from stackctl.db import create_database, drop_database
+from tests.conftest import point_connections_at, role_conn, root_conn
 
 pytestmark = pytest.mark.integration
 
@@ -134,10 +135,7 @@ def test_same_interval_twice_gives_one_copy_of_the_same_people(
     cur.execute("SELECT COUNT(*) FROM users_change_events")
     assert cur.fetchone()[0] == 20
     # Same interval in another database: the same people.
-    other = f"t_{uuid.uuid4().hex[:10]}"
-    services.apply_schema(stack, database=other)
-    from tests.conftest import point_connections_at
-
+    other = create_database(stack, "t")
     point_connections_at(stack, other, monkeypatch)
     _run("mysql_ingest", T0, T1, 20)
     cur2 = root_conn(stack, other).cursor()
@@ -146,7 +144,7 @@ def test_same_interval_twice_gives_one_copy_of_the_same_people(
         "ORDER BY customer_id"
     )
     assert cur2.fetchall() == people
-    root_conn(stack).cursor().execute(f"DROP DATABASE `{other}`")
+    drop_database(stack, other)
 
 
 def test_failed_load_leaves_nothing_behind(stack, fresh_db) -> None:
@@ -222,8 +220,6 @@ def test_stock_sakila_keeps_its_data_and_gains_cdc(stack, monkeypatch) -> None:
     )
     assert cur.fetchone()[0] == 2  # sakila's create_date trigger (kept) + the CDC trigger
 
-    from tests.conftest import point_connections_at
-
     point_connections_at(stack, name, monkeypatch)
     result = _run("mysql_ingest", T0, T1, 25)
     assert result.inserted == 25 and result.first_customer_id == 600
@@ -247,4 +243,4 @@ def test_stock_sakila_keeps_its_data_and_gains_cdc(stack, monkeypatch) -> None:
     conn.close()
     cur.execute("SELECT COUNT(*) FROM customer")
     assert cur.fetchone()[0] == 624
-    root_conn(stack).cursor().execute(f"DROP DATABASE `{name}`")
+    drop_database(stack, name)
