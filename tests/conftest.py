@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from stackctl import config, db, procs, services
-from stackctl.db import role_conn, root_conn  # noqa: F401 - the tests import them from here
+from stackctl.db import role_conn, root_conn  # noqa: F401 - the tests import role_conn from here
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -100,6 +100,14 @@ def fresh_db(stack: config.Settings, monkeypatch: pytest.MonkeyPatch) -> Iterato
     point_connections_at(stack, name, monkeypatch)
     yield name
     db.drop_database(stack, name)
+
+
+@pytest.fixture
+def cur(stack: config.Settings, fresh_db: str) -> Iterator[Any]:
+    """A root cursor in `fresh_db` (autocommit, UTC)."""
+    conn = root_conn(stack, fresh_db)
+    yield conn.cursor()
+    conn.close()
 
 
 @pytest.fixture
