@@ -367,7 +367,10 @@ def reap(watched: dict[str, float]) -> None:
     while True:
         stdout.write(b"READY\n")
         stdout.flush()
-        header = dict(tok.split(":", 1) for tok in stdin.readline().decode().split())
+        line = stdin.readline()
+        if not line:  # supervisord is gone
+            return
+        header = dict(tok.split(":", 1) for tok in line.decode().split())
         payload = stdin.read(int(header["len"])).decode()
         event = dict(tok.split(":", 1) for tok in payload.split() if ":" in tok)
         name = event.get("processname", "")
