@@ -89,7 +89,7 @@ DEFAULTS: dict[str, str] = {
     "REGSTREAM_MAX_PUBLISH_DELAY_S": "60",
     "REGSTREAM_MAX_STREAM_DELAY_S": "60",
     "REGSTREAM_SPARK_SHUFFLE_PARTITIONS": "2",
-    "REGSTREAM_SPARK_DRIVER_MEMORY": "1g",
+    "REGSTREAM_SPARK_DRIVER_MEMORY": "2g",
     # reconcile_counts: windows younger than this (end to now, seconds) are still settling
     "REGSTREAM_RECONCILE_SETTLE_S": "120",
     "REGSTREAM_RECONCILE_SCHEDULE": "*/5 * * * *",
