@@ -108,6 +108,9 @@ PARSE_SCHEMA = StructType([f for f in EVENT_SCHEMA.fields if f.name in REQUIRED]
 JSON_OPTIONS = {"mode": "PERMISSIVE"}
 
 COUNTS_QUERY = "registration_counts"
+# An event time this far past the micro-batch's clock is quarantined: counted, it would move
+# the watermark years ahead and make every real event too late.
+MAX_AHEAD = "1 hour"
 
 
 def _reason(raw: Column, parsed: Column) -> Column:
@@ -125,6 +128,10 @@ def _reason(raw: Column, parsed: Column) -> Column:
                 obj.isNotNull() & present & parsed[name].isNull(), F.lit(f"wrong type for {name}")
             )
         )
+    too_new = parsed["create_date"] > F.current_timestamp() + F.expr(f"INTERVAL {MAX_AHEAD}")
+    checks.append(
+        F.when(too_new, F.lit(f"create_date more than {MAX_AHEAD} ahead of the stream's clock"))
+    )
     checks.append(
         F.when(
             parsed["event_type"].isNotNull() & (parsed["event_type"] != EVENT_TYPE),
@@ -138,7 +145,11 @@ def _reason(raw: Column, parsed: Column) -> Column:
         )
     )
     detailed = F.concat_ws("; ", *checks)
-    ok = (parsed["schema_version"] == SCHEMA_VERSION) & (parsed["event_type"] == EVENT_TYPE)
+    ok = (
+        (parsed["schema_version"] == SCHEMA_VERSION)
+        & (parsed["event_type"] == EVENT_TYPE)
+        & ~too_new
+    )
     for name in REQUIRED:
         ok = ok & parsed[name].isNotNull()
     # The detailed (second) parse runs only for bad messages.
@@ -203,7 +214,10 @@ class Windows:
     def parse(cls, window: str, slide: str | None = None) -> Windows:
         length = parse_interval(window)
         step = parse_interval(slide) if slide else length
-        if step <= timedelta(0) or length % step:
+        if step < timedelta(seconds=1) or step % timedelta(seconds=1):
+            # window_start/window_end are DATETIME: whole seconds
+            raise ValueError(f"the slide ({slide or window}) must be whole seconds")
+        if length % step:
             raise ValueError(f"the window ({window}) must be a multiple of the slide ({slide})")
         return cls(length, step)
 
@@ -219,6 +233,13 @@ class Windows:
 
 
 EPOCH = datetime(1970, 1, 1)
+
+
+def from_micros(us: int | None) -> datetime | None:
+    """Epoch microseconds -> naive UTC datetime."""
+    return None if us is None else EPOCH + timedelta(microseconds=us)
+
+
 OK, LATE, BAD = "ok", "late", "bad"
 
 
@@ -320,9 +341,11 @@ COUNTS = (
     "INSERT INTO registrations_per_window (window_start, window_end, store_id, stream_count, "
     "registrations, batch_id, query_id) VALUES (%s, %s, %s, %s, %s, %s, %s) "
     # stream_count is the stream's running count (its state, added to once per batch);
-    # registrations, what readers see, is set from it: the assignments run left to right.
-    "ON DUPLICATE KEY UPDATE stream_count = stream_count + VALUES(stream_count), "
-    "registrations = stream_count, batch_id = VALUES(batch_id), query_id = VALUES(query_id)"
+    # registrations, what readers see, is set from it. Each assignment reads only the old
+    # row, so the result does not depend on the order MySQL or MariaDB evaluate them in.
+    "ON DUPLICATE KEY UPDATE registrations = stream_count + VALUES(stream_count), "
+    "stream_count = stream_count + VALUES(stream_count), batch_id = VALUES(batch_id), "
+    "query_id = VALUES(query_id)"
 )
 LATE_EVENTS = (
     "INSERT IGNORE INTO stream_late_events (event_id, customer_id, store_id, create_date, "
@@ -361,6 +384,10 @@ PRUNE_PROGRESS = (
     "DELETE FROM stream_progress WHERE finished_at < NOW(6) - INTERVAL %s DAY LIMIT 100000"
 )
 PRUNE_EVERY_S = 3600.0
+ORPHAN_COUNTS = (
+    "SELECT EXISTS (SELECT 1 FROM registrations_per_window) "
+    "AND NOT EXISTS (SELECT 1 FROM stream_sink_commits)"
+)
 REQUIRED_SCHEMA = (
     "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND "
     "((TABLE_NAME = 'registrations_per_window' AND COLUMN_NAME = 'stream_count') OR "
@@ -456,6 +483,14 @@ class Sink:
                 "the sink tables are missing or old: apply sql/20_stream.sql (`make up` does) "
                 "to the sink database"
             )
+        cur.execute(ORPHAN_COUNTS)
+        if cur.fetchone()[0]:
+            raise SystemExit(
+                "registrations_per_window holds counts but stream_sink_commits has no record "
+                "of the batches that made them (counts of an earlier version of this job, or a "
+                "restored table): counting on would add the topic to them again. Recount from "
+                "the topic: delete the rows of registrations_per_window (or `make reset`)"
+            )
         cur.close()
 
     # -- the query id: which checkpoint a batch belongs to
@@ -508,7 +543,15 @@ class Sink:
 
     @staticmethod
     def _details(events: DataFrame, kind: str, columns: tuple[str, ...]) -> list[Any]:
-        return events.where(F.col("kind") == kind).select(*columns).collect()
+        # Times as epoch microseconds: PySpark turns a collected timestamp into the driver
+        # process's local time, whatever the session time zone.
+        return (
+            events.where(F.col("kind") == kind)
+            .withColumn("create_us", F.unix_micros("create_date"))
+            .withColumn("kafka_us", F.unix_micros("kafka_timestamp"))
+            .select(*columns)
+            .collect()
+        )
 
     def commit(
         self,
@@ -603,7 +646,7 @@ class Sink:
                         r.event_id,
                         r.customer_id,
                         r.store_id,
-                        r.create_date,
+                        from_micros(r.create_us),
                         watermark,
                         reason,
                         r.topic,
@@ -622,7 +665,7 @@ class Sink:
                         r.topic,
                         r.partition,
                         r.offset,
-                        r.kafka_timestamp,
+                        from_micros(r.kafka_us),
                         r.raw_key,
                         r.raw_value.encode() if r.raw_value is not None else None,
                         r.reason[:500],
@@ -704,12 +747,12 @@ LATE_COLUMNS = (
     "event_id",
     "customer_id",
     "store_id",
-    "create_date",
+    "create_us",
     "topic",
     "partition",
     "offset",
 )
-BAD_COLUMNS = ("topic", "partition", "offset", "kafka_timestamp", "raw_key", "raw_value", "reason")
+BAD_COLUMNS = ("topic", "partition", "offset", "kafka_us", "raw_key", "raw_value", "reason")
 
 
 def progress_listener(sink: Sink) -> Any:
@@ -808,7 +851,7 @@ class Stopper:
 
     def _wait_between_batches(self, q: StreamingQuery) -> None:
         """stop() interrupts a running micro-batch: safe (it is replayed at restart, and the
-        upsert is idempotent) but noisy in the log. Let the running batch finish first, for up
+        sink applies each batch once) but noisy in the log. Let the running batch finish first, for up
         to BATCH_WAIT_S; a batch may still start just before stop()."""
         deadline = time.monotonic() + BATCH_WAIT_S
         while q.isActive and q.status["isTriggerActive"] and time.monotonic() < deadline:
@@ -974,8 +1017,9 @@ def start_query(
 
 
 def acquire_instance_lock(params: dict[str, Any], name: str, timeout: int) -> Any:
-    """Exactly one instance per checkpoint: a MySQL named lock held for the driver's life
-    (released by the server the moment the driver's connection dies)."""
+    """One job per sink database: a MySQL named lock held for the driver's life (released by
+    the server the moment the driver's connection dies, and not taken again if MariaDB
+    restarts: then the check in `Sink.commit` stops a second job at its first batch)."""
     conn = mysql_connect(params)
     cur = conn.cursor()
     cur.execute("SELECT GET_LOCK(%s, %s)", (name, timeout))

@@ -72,8 +72,10 @@ def connection_settings(kafka_conn_id: str) -> dict[str, Any]:
 
 
 # How long an open transaction of a publisher that died may hold back read_committed
-# consumers before the broker aborts it; the next publisher of the topic aborts it at once.
-TRANSACTION_TIMEOUT_MS = 60_000
+# consumers before the broker aborts it (the next publisher of the topic aborts it at once).
+# Well above a run's flush and commit timeouts (60 s each): a slow run of 2M events must not
+# be aborted by the broker, then retried at the same size forever.
+TRANSACTION_TIMEOUT_MS = 300_000
 
 
 def transactional_id(topic: str) -> str:
@@ -113,6 +115,7 @@ class Transactions:
         self.topic = topic
         self.state_topic = state_topic(topic)
         self.fenced = False
+        self._committed: Watermark | None = None  # what this producer last committed
 
     def fence(self, timeout: float = 30.0) -> None:
         if not self.fenced:
@@ -122,8 +125,14 @@ class Transactions:
             self.fenced = True
 
     def read_state(self, timeout: float = 30.0) -> Watermark | None:
-        raw = last_committed_value(self.settings, self.state_topic, self.topic.encode(), timeout)
-        return watermark_from_json(raw) if raw is not None else None
+        """The last committed watermark: read from Kafka once, then this producer's own last
+        commit (no one else can commit while it is not fenced)."""
+        if self._committed is None:
+            raw = last_committed_value(
+                self.settings, self.state_topic, self.topic.encode(), timeout
+            )
+            self._committed = watermark_from_json(raw) if raw is not None else None
+        return self._committed
 
     def begin(self) -> None:
         self._call("begin a transaction", self.producer.begin_transaction)
@@ -132,8 +141,13 @@ class Transactions:
         """Add the new watermark to the transaction and commit both."""
         self.producer.produce(self.state_topic, watermark_to_json(state), self.topic.encode())
         self._call("commit the transaction", self.producer.commit_transaction, timeout)
+        self._committed = state
 
-    def abort(self) -> None:
+    def abort(self, forget: bool = True) -> None:
+        """Abort the open transaction; `forget`: read the watermark from Kafka again next
+        time (after a failure the commit may or may not have landed)."""
+        if forget:
+            self._committed = None
         try:
             self.producer.abort_transaction(10)
         except Exception as exc:  # noqa: BLE001 - fenced or broker gone: the broker aborts it
@@ -326,27 +340,46 @@ def produce_all(
     producer: Any, topic: str, messages: Iterable[tuple[bytes, bytes]], deliveries: Deliveries
 ) -> int:
     """Produce (key, value) pairs, backing off when the local queue is full."""
+    from confluent_kafka import KafkaException
+
     sent = 0
     produce = producer.produce
     poll = producer.poll
-    for key, value in messages:
-        while True:
-            try:
-                produce(topic, value, key, on_delivery=deliveries)
-                break
-            except BufferError:
-                poll(0.05)
-        sent += 1
-        if sent % 20000 == 0:
-            poll(0)
+    try:
+        for key, value in messages:
+            while True:
+                try:
+                    produce(topic, value, key, on_delivery=deliveries)
+                    break
+                except BufferError:
+                    poll(0.05)
+            sent += 1
+            if sent % 20000 == 0:
+                poll(0)
+    except (KafkaException, SystemError) as exc:
+        raise producer_failed(exc, topic) from exc
     return sent
+
+
+def producer_failed(exc: BaseException, where: str) -> PublishError:
+    """A fatal error of the transactional producer (SystemError: librdkafka's error raised
+    while a delivery report ran) as a PublishError."""
+    return PublishError(
+        f"Kafka ({where}): the transactional producer failed ({exc.__cause__ or exc}): a newer "
+        "publisher of the topic fenced it, or the broker refused it; the watermark was not moved"
+    )
 
 
 def flush_or_fail(
     producer: Any, sent: int, deliveries: Deliveries, bootstrap: str, timeout: float
 ) -> None:
     """Return only once Kafka acknowledged every one of `sent` messages."""
-    left = producer.flush(timeout)
+    from confluent_kafka import KafkaException
+
+    try:
+        left = producer.flush(timeout)
+    except (KafkaException, SystemError) as exc:
+        raise producer_failed(exc, bootstrap) from exc
     if left or deliveries.errors or deliveries.ok != sent:
         errors = [e for e in deliveries.errors if e][:5]
         raise PublishError(

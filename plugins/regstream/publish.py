@@ -206,7 +206,10 @@ def _transaction(
         offsets = dict(sorted(deliveries.offsets.items()))
         if on_acked is not None:
             on_acked(Acked(topic, before, decision, offsets))
-        out.commit(decision.state)
+        if sent or decision.changed:
+            out.commit(decision.state)
+        else:  # nothing new: no state record, no MySQL write (an idle --loop stays quiet)
+            out.abort(forget=False)
     except BaseException:
         out.abort()
         raise

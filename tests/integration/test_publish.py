@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from regstream import db, ingest, publish
 from regstream.messages import contract_errors
+from regstream.publish_errors import PublishError
 
 from stackctl import services
 from tests.conftest import (
@@ -325,3 +326,30 @@ def test_mysql_down_names_the_connection(stack, topic, monkeypatch) -> None:
     )
     with pytest.raises(db.DatabaseUnavailable, match="mysql_publisher"):
         publish.run_publish(topic=topic)
+
+
+def test_a_zombie_publisher_is_fenced_and_cannot_commit(stack, fresh_db, topic) -> None:
+    """Two publishers of one topic (an Airflow task thought dead, and its replacement): the
+    one that registered last wins; the older one's next run fails and publishes nothing."""
+    conn = db.connect("mysql_ingest", autocommit=False)
+    start = datetime(2026, 11, 8, tzinfo=timezone.utc)
+    ingest.run_ingest(conn, "zombie", start, start + timedelta(hours=1), 50)
+    zombie = publish.HookedPublisher(topic=topic)
+    try:
+        assert zombie.run().published == 50
+        ingest.run_ingest(
+            conn, "zombie", start + timedelta(hours=1), start + timedelta(hours=2), 30
+        )
+        conn.close()
+        assert publish.run_publish(topic=topic).published == 30  # registers: fences the zombie
+        ingest_more = db.connect("mysql_ingest", autocommit=False)
+        ingest.run_ingest(
+            ingest_more, "zombie", start + timedelta(hours=2), start + timedelta(hours=3), 20
+        )
+        ingest_more.close()
+        with pytest.raises(PublishError, match="fenced it"):
+            zombie.run()
+    finally:
+        zombie.close()
+    assert publish.run_publish(topic=topic).published == 20
+    assert sorted(event_ids_in_topic(stack, topic)) == sorted(table_ids(stack, fresh_db))

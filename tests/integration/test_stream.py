@@ -351,6 +351,24 @@ def test_a_new_checkpoint_starts_where_the_sink_stopped(stack, fresh_db, topic, 
 # ---------------------------------------------------------------- the sink's transaction
 
 
+def test_counts_without_a_record_of_their_batches_are_refused(stack, fresh_db, topic, tmp_path):
+    """Counts an earlier version of the job left (no stream_sink_commits row): adding the
+    topic to them again would double them, so the job refuses to start and says why."""
+    cur = root_conn(stack, fresh_db).cursor()
+    cur.execute(
+        "INSERT INTO registrations_per_window (window_start, window_end, store_id, "
+        "registrations, stream_count, batch_id) VALUES ('2026-11-20 09:00', "
+        "'2026-11-20 09:01', 1, 5, 5, 7)"
+    )
+    log = tmp_path / "refused.log"
+    proc = start_job(stack, topic, tmp_path / "ck", log)
+    try:
+        assert proc.wait(timeout=120) != 0
+    finally:
+        kill_job(proc)
+    assert "stream_sink_commits has no record of the batches" in log.read_text()
+
+
 def count_of(cur: Any, window: tuple) -> tuple[int, int]:
     cur.execute(
         "SELECT registrations, stream_count FROM registrations_per_window "

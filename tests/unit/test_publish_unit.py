@@ -127,6 +127,7 @@ class FakeKafka:
         self.txn = 0
         self.committed_txns: set[int] = set()
         self.state: Watermark | None = None
+        self.state_records = 0
         self.fenced = False
         self.fail_next_flush = False
 
@@ -144,8 +145,9 @@ class FakeKafka:
         assert not self.queued, "commit flushes first"
         self.committed_txns.add(self.txn)
         self.state = state
+        self.state_records += 1
 
-    def abort(self) -> None:
+    def abort(self, forget: bool = True) -> None:
         self.queued = []
 
     # Producer
@@ -274,8 +276,10 @@ def test_a_run_with_nothing_new_writes_nothing() -> None:
     publish_events(events, kafka, "t", gap_max_wait_s=0)
     stored = dict(events.stored)
     events.write_watermark = None  # type: ignore[assignment,method-assign]  # must not be called
+    records = kafka.state_records
     r = publish_events(events, kafka, "t", gap_max_wait_s=0)
     assert r.published == 0 and events.stored == stored and r.backlog == 0
+    assert kafka.state_records == records  # and no new watermark record in Kafka
 
 
 # ------------------------------------------------------------------ the message contract

@@ -131,6 +131,7 @@ def test_every_quarantine_reason(spark) -> None:
             event(6, schema_version=9),
             {**event(7), "event_id": "seven", "customer_id": None},
             event(8, event_type="customer_deleted"),
+            event(9, create_date="2099-01-01T00:00:00Z"),
         ],
     )
     assert got == [
@@ -143,6 +144,7 @@ def test_every_quarantine_reason(spark) -> None:
         "unsupported schema_version 9",
         "wrong type for event_id; missing field customer_id",
         "unsupported event_type customer_deleted",
+        "create_date more than 1 hour ahead of the stream's clock",
     ]
 
 
@@ -245,6 +247,8 @@ def test_windows_must_be_a_multiple_of_the_slide_and_intervals_are_checked() -> 
     assert job.parse_interval("7 days").days == 7
     with pytest.raises(ValueError, match="multiple of the slide"):
         job.Windows.parse("10 minutes", "3 minutes")
+    with pytest.raises(ValueError, match="whole seconds"):
+        job.Windows.parse("1 minute", "500 milliseconds")
     with pytest.raises(ValueError, match="not an interval"):
         job.parse_interval("soon")
 
