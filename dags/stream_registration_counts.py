@@ -4,13 +4,14 @@
 Submits `spark_jobs/registration_counts.py` (Spark Structured Streaming) with the apache-spark
 provider and keeps it alive: the DAG is `@continuous` with one active run, so when the job dies
 the task fails, retries after 30 s, and a new run starts as soon as one ends. The job restarts
-from its checkpoint (offsets and state) and a MySQL lock guarantees one instance at a time.
+from its checkpoint (offsets) and a MySQL lock keeps one job per sink database.
 Under LocalExecutor the task is a child of the scheduler: a scheduler that dies takes it along
 (stackctl's `leftover-reaper` sends SIGTERM; `on_kill` stops spark-submit and the driver ends,
 releasing the lock), Airflow records the try as failed and the new scheduler retries it.
 
-The task log shows each micro-batch: batch id, input rows, rows/s, duration, watermark and
-late rows dropped. Counts land in `registrations_per_window`.
+The task log shows each micro-batch: batch id, rows, duration, events counted, too-late and
+quarantined events, the watermark and the Kafka offsets reached. Counts land in
+`registrations_per_window`, too-late events in `stream_late_events`.
 
 Stop on purpose: `make stream-stop` pauses this DAG and touches the job's STOP file (seen within
 2 s; SIGTERM/SIGINT to the driver's Python process do the same): the running micro-batch

@@ -55,7 +55,7 @@ def gap_max_wait_s() -> int:
 
 
 # ParallelGC: the first micro-batch (JIT warm-up) runs ~20% faster than with G1 on 2 cores;
-# with a 1 GiB heap its pauses stay far below the 1 s trigger.
+# with a 2 GiB heap its pauses stay far below the 1 s trigger.
 SPARK_JAVA_OPTIONS = "-XX:+UseParallelGC"
 
 

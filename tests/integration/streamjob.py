@@ -27,7 +27,7 @@ def driver_pid(proc: subprocess.Popen, timeout: float = 60) -> int:
 def wait_started(
     proc: subprocess.Popen, log: Path, starts_before: int, timeout: float = 180
 ) -> None:
-    """Until the job logs that both queries run (its start after `starts_before` others)."""
+    """Until the job logs that its query runs (its start after `starts_before` others)."""
 
     def started() -> bool:
         if proc.poll() is not None:
