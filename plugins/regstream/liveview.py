@@ -291,7 +291,6 @@ def health(conn: Any, topic: str) -> dict[str, Any]:
         "last_batch_age_s": age(batch[1]),
         "event_time_watermark": _iso(batch[2]),
         "stream_seen_age_s": age(batch[3]),
-        "late_rows_dropped": lag.late_rows_dropped_total,
         "late_events": lag.late_events_total,
         "quarantined": lag.quarantined_total,
         "reconciliation": recon,

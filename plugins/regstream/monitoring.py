@@ -32,7 +32,6 @@ class Lag:
     last_batch_input_rows_per_s: float
     last_batch_duration_s: float
     event_time_watermark_epoch_s: float
-    late_rows_dropped_total: int
     late_events_total: int
     quarantined_total: int
 
@@ -106,8 +105,6 @@ def read_lag(conn: Any, pipeline: str) -> Lag:
         (QUERY,),
     )
     batch = cur.fetchone() or (None, None, None)
-    cur.execute("SELECT COALESCE(SUM(late_rows_dropped), 0) FROM stream_progress")
-    late = int(cur.fetchone()[0])
     cur.execute("SELECT COUNT(*) FROM stream_late_events")
     late_events = int(cur.fetchone()[0])
     cur.execute("SELECT COUNT(*) FROM stream_quarantine")
@@ -124,7 +121,6 @@ def read_lag(conn: Any, pipeline: str) -> Lag:
         event_time_watermark_epoch_s=(batch[2] - datetime(1970, 1, 1)).total_seconds()
         if batch[2]
         else 0.0,
-        late_rows_dropped_total=late,
         late_events_total=late_events,
         quarantined_total=quarantined,
     )
@@ -277,7 +273,6 @@ METRICS = [
     ("last_batch_input_rows_per_s", "gauge", "Input rate of the last micro-batch, rows/s"),
     ("last_batch_duration_s", "gauge", "Duration of the last micro-batch, seconds"),
     ("event_time_watermark_epoch_s", "gauge", "The stream's event-time watermark, epoch s"),
-    ("late_rows_dropped_total", "counter", "Rows dropped as later than the allowed lateness"),
     ("late_events_total", "counter", "Distinct events recorded as too late (not counted)"),
     ("quarantined_total", "counter", "Messages quarantined as malformed"),
 ]
