@@ -15,8 +15,18 @@ CREATE TABLE IF NOT EXISTS users_change_events (
   create_date DATETIME NOT NULL COMMENT 'registration time (UTC), the event time',
   captured_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) COMMENT 'when the trigger ran',
   PRIMARY KEY (event_id),
-  KEY idx_customer_id (customer_id)
+  KEY idx_customer_id (customer_id),
+  KEY idx_captured_at (captured_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Tables made before idx_captured_at: the lag monitor and the reconciliation look events up by
+-- capture time (a prepared statement: CREATE INDEX IF NOT EXISTS is MariaDB-only).
+SET @ddl = IF((SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE()
+                 AND TABLE_NAME = 'users_change_events' AND INDEX_NAME = 'idx_captured_at') = 0,
+  'ALTER TABLE users_change_events ADD KEY idx_captured_at (captured_at)', 'DO 0');
+PREPARE add_captured_at FROM @ddl;
+EXECUTE add_captured_at;
+DEALLOCATE PREPARE add_captured_at;
 
 -- IF NOT EXISTS (MariaDB 10.1+, MySQL 8.0.29+) rather than drop-and-create: dropping a
 -- capture trigger on a live table loses the registrations that land in between.
