@@ -258,27 +258,21 @@ def test_faults_during_steady_load_recover_to_ground_truth(stack, platform) -> N
         figures.append({"fault": name, **info, "recovery_s": round(time.monotonic() - t0, 1)})
         print(f"FAULT {figures[-1]}")
 
-    def kill_publisher() -> dict:
-        pids = wait_for(
-            "a running publish task",
-            lambda: task_runner_pids(stack, "publish_new_events"),
-            120,
-            0.05,
-        )
+    def sigkill_once_found(what: str, find: Callable[[], list[int]], every: float) -> dict:
+        pids = wait_for(what, find, 120, every)
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         return {"killed_pid": pids}
 
-    def kill_spark_driver() -> dict:
-        pids = wait_for(
-            "the Spark driver",
-            lambda: profile_pids_matching(stack, "registration_counts.py"),
-            120,
-            0.5,
+    def kill_publisher() -> dict:
+        return sigkill_once_found(
+            "a running publish task", lambda: task_runner_pids(stack, "publish_new_events"), 0.05
         )
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
-        return {"killed_pid": pids}
+
+    def kill_spark_driver() -> dict:
+        return sigkill_once_found(
+            "the Spark driver", lambda: profile_pids_matching(stack, "registration_counts.py"), 0.5
+        )
 
     def health_ok() -> bool:
         return services.airflow_healthy(stack)

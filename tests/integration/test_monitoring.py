@@ -8,7 +8,7 @@ import pytest
 from regstream.monitoring import health_cards, read_lag
 
 from stackctl import config
-from tests.conftest import role_conn, root_conn
+from tests.conftest import role_conn
 
 pytestmark = pytest.mark.integration
 
@@ -45,13 +45,6 @@ def batch_finished(cur, batch_id: int, seconds_ago: float, rows: int = 1) -> Non
         "VALUES ('registration_counts', %s, %s, UTC_TIMESTAMP(6) - INTERVAL %s SECOND)",
         (batch_id, rows, seconds_ago),
     )
-
-
-@pytest.fixture
-def cur(stack, fresh_db):
-    conn = root_conn(stack, fresh_db)
-    yield conn.cursor()
-    conn.close()
 
 
 @pytest.fixture

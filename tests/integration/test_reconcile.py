@@ -13,7 +13,7 @@ import MySQLdb
 import pytest
 from regstream.reconcile import ReconciliationMismatch, run_from_settings
 
-from tests.conftest import role_conn, root_conn
+from tests.conftest import role_conn
 
 pytestmark = pytest.mark.integration
 
@@ -55,13 +55,6 @@ def add_late_event(cur, store: int, create_date: datetime) -> None:
         "(%s, %s, %s, %s, 'older than the watermark', 't', 0, 0, 1)",
         (next(_event_ids), store, create_date, create_date + timedelta(days=1)),
     )
-
-
-@pytest.fixture
-def cur(stack, fresh_db):
-    conn = root_conn(stack, fresh_db)
-    yield conn.cursor()
-    conn.close()
 
 
 @pytest.fixture
