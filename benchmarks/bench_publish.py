@@ -59,7 +59,6 @@ def child(mode: str, n: int) -> None:
         "bootstrap.servers"
     ]
     topic = settings.topic() + ("_baseline" if mode == "baseline" else "")
-    producer = Producer(publish.producer_config(bootstrap))
     from confluent_kafka.admin import AdminClient
 
     publish.ensure_topic(AdminClient({"bootstrap.servers": bootstrap}), topic, 2, 1, bootstrap)
@@ -71,6 +70,7 @@ def child(mode: str, n: int) -> None:
         pub.close()
         sent = r.published
     else:
+        producer = Producer(publish.producer_config(bootstrap))
         cur = conn.cursor()
         cur.execute(SELECT_EVENTS + " ORDER BY event_id")
         rows = [(message_key(store), value) for _, store, value in cur.fetchall()]
