@@ -160,8 +160,9 @@ class Transactions:
             fn(*args)
         except KafkaException as exc:
             raise PublishError(
-                f"Kafka: could not {what} for topic {self.topic} ({exc}); "
-                "the watermark was not moved"
+                f"Kafka: could not {what} for topic {self.topic} ({exc}); are enough brokers "
+                "up for the transaction coordinator (its log needs min.insync.replicas)? "
+                "The watermark was not moved"
             ) from exc
 
 

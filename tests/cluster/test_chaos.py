@@ -136,8 +136,10 @@ def kafka_leader_down_then_two_down(s: config.Settings, af: Airflow) -> dict:
     text = af.log(
         "publish_cdc_events", bad[0]["dag_run_id"], "publish_new_events", bad[0]["try_number"]
     )
-    assert "Kafka" in text and (
-        "acknowledg" in text or "unreachable" in text or "replicas" in text.lower()
+    # which step meets the outage first varies: registering the transactional producer (its
+    # coordinator's log needs 2 in-sync replicas), the brokers, or the acknowledgements
+    assert "Kafka" in text and any(
+        why in text.lower() for why in ("acknowledg", "unreachable", "replicas", "coordinator")
     )
     assert watermark(s) == held
     supervisor.start(s, first)
