@@ -128,16 +128,13 @@ def job_rss_mib(proc) -> float:
     """RSS of the job's whole session (spark-submit's JVM and the Python driver)."""
     from stackctl import procs
 
-    sid = proc.pid
     total = 0
     for pid in procs.all_pids():
         try:
-            if os.getsid(pid) != sid:
-                continue
-            with open(f"/proc/{pid}/status") as f:
-                total += next(int(x.split()[1]) for x in f if x.startswith("VmRSS"))
-        except (OSError, StopIteration):
-            continue
+            if os.getsid(pid) == proc.pid:  # spark-submit leads its own session
+                total += procs.kib(f"{pid}/status", "VmRSS")
+        except OSError:
+            continue  # gone meanwhile
     return round(total / 1024, 1)
 
 

@@ -71,7 +71,6 @@ __all__ = [
     "messages",
     "produce_all",
     "producer_config",
-    "publish",
     "publish_events",
     "run_publish",
 ]
@@ -228,11 +227,6 @@ def store(events: EventSource, topic: str, mirror: Watermark, decision: Decision
         log.warning("GAVE UP on %s", given_up.reason)
     if decision.state != mirror:
         events.write_watermark(topic, decision.state)
-
-
-def publish(conn: Any, out: Transactions, topic: str, **kwargs: Any) -> PublishResult:
-    """`publish_events` on a MySQLdb connection (autocommit)."""
-    return publish_events(MySqlEvents(conn), out, topic, **kwargs)
 
 
 def has_work(conn: Any, pipeline: str) -> tuple[bool, str]:
