@@ -11,7 +11,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,10 @@ def kafka_rows(spark: SparkSession, values: list[bytes | dict | None]) -> DataFr
 
 
 def reasons(spark: SparkSession, values: list[bytes | dict | None]) -> list[str | None]:
-    parsed = job.parse_events(kafka_rows(spark, values))
+    parsed = job.classify(
+        job.parse_events(kafka_rows(spark, values)),
+        clock=datetime.now(timezone.utc).replace(tzinfo=None),
+    )
     return [r.reason for r in parsed.orderBy("offset").collect()]
 
 
@@ -173,9 +176,11 @@ def summary(
     applied: dict[int, int] | None = None,
 ) -> job.BatchResult:
     windows = job.Windows.parse(window, slide)
-    rows = kafka_rows(spark, values).where(job.offsets_filter(applied or {}))
-    events = job.classify(job.parse_events(rows), watermark)
-    return job.BatchResult.of(job.summarize(events, windows).collect(), windows)
+    clock = datetime(2026, 11, 20, 10, 0)
+    result, _ = job.batch_result(
+        kafka_rows(spark, values), windows, applied or {}, watermark, clock
+    )
+    return result
 
 
 def counts(spark: SparkSession, values: list[dict | bytes], **kwargs: Any) -> dict[tuple, int]:
@@ -240,6 +245,20 @@ def test_rows_below_the_applied_offsets_add_nothing(spark) -> None:
     assert summary(spark, values, applied={0: 3}).rows == {"ok": 2}
     assert summary(spark, values, applied={0: 5}).counts == {}
     assert summary(spark, values, applied={1: 5}).rows == {"ok": 5}  # another partition
+
+
+def test_only_a_batch_with_rows_out_of_bounds_is_read_twice(spark) -> None:
+    # The first pass has no per-batch bounds in its plan (see batch_result); the second
+    # applies them, and must run whenever a row would be taken out.
+    on_time = [event(i, create_date="2026-11-20T09:30:00Z") for i in range(3)]
+    assert summary(spark, on_time, watermark=datetime(2026, 11, 20, 9, 0)).passes == 1
+    assert summary(spark, on_time, applied={0: 0, 1: 9}).passes == 1
+    assert summary(spark, on_time, applied={0: 1}).passes == 2  # a replay
+    late = [*on_time, event(9, create_date="2026-11-20T08:00:00Z")]
+    assert summary(spark, late, watermark=datetime(2026, 11, 20, 9, 0)).passes == 2
+    future = [*on_time, event(9, create_date="2026-11-20T11:00:01Z")]  # clock 10:00
+    r = summary(spark, future)
+    assert (r.passes, r.rows) == (2, {"ok": 3, "bad": 1})
 
 
 def test_windows_must_be_a_multiple_of_the_slide_and_intervals_are_checked() -> None:
