@@ -326,8 +326,11 @@ def test_live_view_shows_the_right_numbers(stack, platform) -> None:
         )
         truth = {(ws.isoformat() + "Z", str(store)): n for ws, store, n in cur.fetchall()}
         with logged_in_page(stack) as page:
-            # from Airflow's navigation, as a user finds it
-            page.get_by_role("link", name="Registrations").click()
+            # from Airflow's navigation, as a user finds it (exact: the home page's asset
+            # links, present once assets have events, have names that contain the word)
+            page.get_by_test_id("nav-sidebar").get_by_role(
+                "link", name="Registrations", exact=True
+            ).click()
             page.wait_for_url("**/plugin/registrations")
             frame = page.wait_for_selector(
                 "iframe[src*='/regstream/']", timeout=60_000
