@@ -24,7 +24,8 @@ How the counts stay exact without a dedup state (why the cost does not grow with
   committed log once. Earlier versions dropped copies here with dropDuplicatesWithinWatermark
   over 7 days, a state of every event id of the week that each micro-batch scanned.
 - No batch applied twice. The offsets a batch reached are committed with its counts
-  (stream_sink_commits), and each batch first drops the rows below them: a batch replayed
+  (stream_sink_commits), and each batch counts only its rows at or after them (a batch with
+  rows below them is read twice, see batch_result): a batch replayed
   after a crash (the driver killed after the MySQL commit, before Spark's), or a new checkpoint
   starting earlier, adds nothing. A new checkpoint starts where the sink stopped.
 - Late events are recorded by event_id in the same transaction: a killed batch records them
@@ -35,7 +36,8 @@ corrupted `registrations` is rewritten the next time the window changes).
 
 Speed on 2 cores (benchmarks/bench_stream.py): one pass over the batch (a summary per Kafka
 partition, store and slide bucket, a few hundred rows) whose plan is the same in every batch
-(the bounds, offsets, watermark and clock, are checked on the summary; see batch_result),
+(the bounds, that is the offsets, the watermark and the clock, are checked on the summary;
+see batch_result),
 offset ranges split into at least as many tasks as cores (--min-partitions), Spark's built-in
 ISO timestamp parser, ParallelGC.
 
@@ -113,7 +115,9 @@ COUNTS_QUERY = "registration_counts"
 # An event time this far past the micro-batch's clock is quarantined: counted, it would move
 # the watermark years ahead and make every real event too late.
 MAX_AHEAD = timedelta(hours=1)
-TOO_NEW = "create_date more than 1 hour ahead of the stream's clock"
+TOO_NEW = (
+    f"create_date more than {MAX_AHEAD // timedelta(minutes=1)} minutes ahead of the stream's clock"
+)
 
 
 def _reason(raw: Column, parsed: Column) -> Column:
@@ -285,9 +289,7 @@ class BatchResult:
 
     counts: dict[tuple[datetime, datetime, int], int] = field(default_factory=dict)
     rows: Counter[str] = field(default_factory=Counter)
-    first_offsets: dict[int, int] = field(default_factory=dict)
     next_offsets: dict[int, int] = field(default_factory=dict)
-    oldest: datetime | None = None
     newest: datetime | None = None
     passes: int = 1
 
@@ -297,29 +299,34 @@ class BatchResult:
         for row in summary:
             r.rows[row.kind] += row.n
             p = int(row.partition)
-            r.first_offsets[p] = min(r.first_offsets.get(p, row.first_offset), row.first_offset)
             r.next_offsets[p] = max(r.next_offsets.get(p, 0), int(row.last_offset) + 1)
             if row.kind != OK:
                 continue
-            oldest = EPOCH + timedelta(microseconds=row.oldest_us)
             newest = EPOCH + timedelta(microseconds=row.newest_us)
-            r.oldest = oldest if r.oldest is None else min(r.oldest, oldest)
             r.newest = newest if r.newest is None else max(r.newest, newest)
             for start, end in windows.of_bucket(row.bucket_us):
                 key = (start, end, int(row.store_id))
                 r.counts[key] = r.counts.get(key, 0) + int(row.n)
         return r
 
-    def needs_bounds(
-        self, applied: dict[int, int], watermark: datetime | None, clock: datetime
-    ) -> bool:
-        """Whether the batch has rows the bounds would take out: below the offsets the sink
-        has applied, older than the watermark, or too far ahead of the clock."""
-        return (
-            any(first < applied.get(p, 0) for p, first in self.first_offsets.items())
-            or (watermark is not None and self.oldest is not None and self.oldest < watermark)
-            or (self.newest is not None and self.newest > clock + MAX_AHEAD)
+
+def out_of_bounds(
+    summary: Iterable[Any], applied: dict[int, int], watermark: datetime | None, clock: datetime
+) -> bool:
+    """Whether the summary of a pass without bounds shows rows the bounds act on: any row
+    below the offsets the sink has applied, or a valid event older than the watermark or
+    more than MAX_AHEAD past the clock. On the raw numbers: an event time past year 9999 is
+    a Spark timestamp but not a Python datetime."""
+    wm_us = micros(watermark) if watermark is not None else None
+    limit_us = micros(clock + MAX_AHEAD)
+    return any(
+        row.first_offset < applied.get(row.partition, 0)
+        or (
+            row.kind == OK
+            and ((wm_us is not None and row.oldest_us < wm_us) or row.newest_us > limit_us)
         )
+        for row in summary
+    )
 
 
 def batch_result(
@@ -335,15 +342,18 @@ def batch_result(
     is the same in every batch, and the JIT-compiled code of one batch serves the next.
     (Spark writes a number or a time literal into the generated source, so a plan holding
     this batch's offsets, watermark or clock compiles new classes that start cold each
-    batch: about a sixth of the throughput.) Only a batch with rows the bounds take out (a
-    replay, late events, events from the future) is read a second time, with them."""
+    batch; that cost about a sixth of the throughput.) Only a batch with rows the bounds act
+    on (a replay, late events, events from the future) is read a second time, with them:
+    rows below the applied offsets dropped, late and too-new events classified."""
     events = classify(parse_events(batch))
-    result = BatchResult.of(summarize(events, windows).collect(), windows)
-    if not result.needs_bounds(applied, watermark, clock):
-        return result, events
-    events = classify(parse_events(batch.where(offsets_filter(applied))), watermark, clock)
-    result = BatchResult.of(summarize(events, windows).collect(), windows)
-    result.passes = 2
+    summary = summarize(events, windows).collect()
+    passes = 1
+    if out_of_bounds(summary, applied, watermark, clock):
+        events = classify(parse_events(batch.where(offsets_filter(applied))), watermark, clock)
+        summary = summarize(events, windows).collect()
+        passes = 2
+    result = BatchResult.of(summary, windows)
+    result.passes = passes
     return result, events
 
 
@@ -740,11 +750,12 @@ class Sink:
         ms: int,
     ) -> None:
         log.info(
-            "batch %d: %d rows in %d ms; counted %d events into %d windows, too late %d, "
-            "quarantined %d; watermark %s; offsets %s",
+            "batch %d: %d rows in %d ms, read %d time(s); counted %d events into %d windows, "
+            "too late %d, quarantined %d; watermark %s; offsets %s",
             batch_id,
             sum(result.rows.values()),
             ms,
+            result.passes,
             result.rows[OK],
             len(result.counts),
             late,

@@ -147,7 +147,7 @@ def test_every_quarantine_reason(spark) -> None:
         "unsupported schema_version 9",
         "wrong type for event_id; missing field customer_id",
         "unsupported event_type customer_deleted",
-        "create_date more than 1 hour ahead of the stream's clock",
+        "create_date more than 60 minutes ahead of the stream's clock",
     ]
 
 
@@ -175,12 +175,21 @@ def summary(
     watermark: datetime | None = None,
     applied: dict[int, int] | None = None,
 ) -> job.BatchResult:
+    return batch(spark, values, window, slide, watermark, applied)[0]
+
+
+def batch(
+    spark: SparkSession,
+    values: list[dict | bytes],
+    window: str = "1 minute",
+    slide: str | None = None,
+    watermark: datetime | None = None,
+    applied: dict[int, int] | None = None,
+) -> tuple[job.BatchResult, DataFrame]:
+    """batch_result at a clock of 2026-11-20 10:00."""
     windows = job.Windows.parse(window, slide)
     clock = datetime(2026, 11, 20, 10, 0)
-    result, _ = job.batch_result(
-        kafka_rows(spark, values), windows, applied or {}, watermark, clock
-    )
-    return result
+    return job.batch_result(kafka_rows(spark, values), windows, applied or {}, watermark, clock)
 
 
 def counts(spark: SparkSession, values: list[dict | bytes], **kwargs: Any) -> dict[tuple, int]:
@@ -256,9 +265,20 @@ def test_only_a_batch_with_rows_out_of_bounds_is_read_twice(spark) -> None:
     assert summary(spark, on_time, applied={0: 1}).passes == 2  # a replay
     late = [*on_time, event(9, create_date="2026-11-20T08:00:00Z")]
     assert summary(spark, late, watermark=datetime(2026, 11, 20, 9, 0)).passes == 2
-    future = [*on_time, event(9, create_date="2026-11-20T11:00:01Z")]  # clock 10:00
-    r = summary(spark, future)
-    assert (r.passes, r.rows) == (2, {"ok": 3, "bad": 1})
+    assert summary(spark, [b"not json", *on_time], applied={0: 1}).passes == 2  # bad row only
+    at_limit = [*on_time, event(9, create_date="2026-11-20T11:00:00Z")]  # clock 10:00 + 1 h
+    assert (summary(spark, at_limit).passes, summary(spark, at_limit).rows) == (1, {"ok": 4})
+
+
+@pytest.mark.parametrize("when", ["2026-11-20T11:00:01Z", "+10000-01-01T00:00:00Z"])
+def test_an_event_from_the_future_is_quarantined_with_its_reason(spark, when: str) -> None:
+    # Past year 9999 is a Spark timestamp but not a Python datetime: it must not crash the
+    # batch (a poison message the job would replay forever).
+    values = [event(1, create_date="2026-11-20T09:30:00Z"), event(2, create_date=when)]
+    result, events = batch(spark, values)
+    assert (result.passes, result.rows) == (2, {"ok": 1, "bad": 1})
+    (bad,) = events.where("kind = 'bad'").select("event_id", "reason").collect()
+    assert (bad.event_id, bad.reason) == (2, job.TOO_NEW)
 
 
 def test_windows_must_be_a_multiple_of_the_slide_and_intervals_are_checked() -> None:
