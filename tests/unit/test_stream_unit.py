@@ -167,15 +167,8 @@ def test_optional_fields_may_be_absent_or_of_any_type(spark) -> None:
 # ---------------------------------------------------------------- build_counts
 
 
-def summary(
-    spark: SparkSession,
-    values: list[dict | bytes],
-    window: str = "1 minute",
-    slide: str | None = None,
-    watermark: datetime | None = None,
-    applied: dict[int, int] | None = None,
-) -> job.BatchResult:
-    return batch(spark, values, window, slide, watermark, applied)[0]
+def summary(spark: SparkSession, values: list[dict | bytes], **kwargs: Any) -> job.BatchResult:
+    return batch(spark, values, **kwargs)[0]
 
 
 def batch(
