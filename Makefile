@@ -7,7 +7,7 @@ PROFILE ?= local
 # stackctl runs on the venv's python once it exists (status reads Kafka through its client)
 CTL = $(shell test -x $(VENV)/python && echo $(VENV)/python || echo $(PY)) -m stackctl --profile $(PROFILE)
 
-.PHONY: up down status logs test test-cluster bench lint reset stream-stop
+.PHONY: up down status logs test test-unit test-cluster bench lint reset stream-stop
 
 up:
 	$(PY) -m stackctl --profile $(PROFILE) up
@@ -25,6 +25,11 @@ test:
 	$(PY) -m stackctl --profile test install --with-test-packages
 	$(VENV)/python -m pytest tests/unit tests/integration tests/e2e tests/cluster $(PYTEST_ARGS)
 
+# The pure tier: no services, no JVM, no jars; Python and the venv's packages only.
+test-unit:
+	$(PY) -m stackctl --profile test install --python-only
+	$(VENV)/python -m pytest -m "not jvm" tests/unit $(PYTEST_ARGS)
+
 test-cluster:
 	$(PY) -m stackctl --profile test-cluster install --with-test-packages
 	$(VENV)/python -m pytest -m cluster tests/cluster $(PYTEST_ARGS)
@@ -34,7 +39,10 @@ bench:
 	$(VENV)/python -m benchmarks.run_all
 
 lint:
-	$(VENV)/ruff check . && $(VENV)/ruff format --check .
+	$(PY) -m stackctl --profile test install --python-only
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy
 
 stream-stop:
 	$(CTL) stream-stop

@@ -82,6 +82,7 @@ from pyspark.sql.types import (
     StructType,
     TimestampType,
 )
+from regstream.intervals import parse_interval
 
 # Named, not __name__: run by spark-submit the module is __main__.
 log = logging.getLogger("registration_counts")
@@ -183,22 +184,6 @@ def parse_events(kafka_rows: DataFrame) -> DataFrame:
             "kafka_timestamp",
         )
     )
-
-
-def parse_interval(text: str) -> timedelta:
-    """ "1 minute", "30 seconds", "7 days" (Spark's interval words) -> timedelta."""
-    units = {
-        "millisecond": 0.001,
-        "second": 1,
-        "minute": 60,
-        "hour": 3600,
-        "day": 86400,
-        "week": 7 * 86400,
-    }
-    parts = text.lower().split()
-    if len(parts) != 2 or parts[1].rstrip("s") not in units:
-        raise ValueError(f"not an interval: {text!r} (expected e.g. '1 minute', '7 days')")
-    return timedelta(seconds=float(parts[0]) * units[parts[1].rstrip("s")])
 
 
 @dataclass(frozen=True)

@@ -198,6 +198,9 @@ def parser() -> argparse.ArgumentParser:
     p_logs.add_argument("-f", action="store_true", help="follow")
     p_inst = sub.add_parser("install", help="only install (Debian packages, venv, jars)")
     p_inst.add_argument("--with-test-packages", action="store_true")
+    p_inst.add_argument(
+        "--python-only", action="store_true", help="only the venv (for test-unit and lint)"
+    )
     sub.add_parser("env", help="print the environment (connections) as shell exports")
     p_exec = sub.add_parser("exec", help="(supervisord's command) run one Airflow component")
     p_exec.add_argument("component", help="api-server, scheduler, ..., celery-worker-N")
@@ -246,7 +249,9 @@ def run(s: config.Settings, args: argparse.Namespace) -> int:
     elif args.cmd == "exec":
         services.exec_component(s, args.component)
     elif args.cmd == "install":
-        install.everything(s, with_test_packages=args.with_test_packages)
+        install.everything(
+            s, with_test_packages=args.with_test_packages, python_only=args.python_only
+        )
     elif args.cmd == "stream-stop":
         stream_stop(s)
     elif args.cmd == "env":

@@ -14,15 +14,9 @@ from stackctl.config import ROOT, SPARK_KAFKA_PREFIXES, Settings
 
 log = logging.getLogger(__name__)
 
-DEBIAN_PACKAGES = [
-    "mariadb-server",
-    "postgresql",
-    "redis-server",
-    "mariadb-client",
-    "default-libmysqlclient-dev",
-    "pkg-config",
-    "build-essential",
-]
+# What the venv needs to build (mysqlclient): enough for `make test-unit` and `make lint`.
+BUILD_PACKAGES = ["default-libmysqlclient-dev", "pkg-config", "build-essential"]
+DEBIAN_PACKAGES = ["mariadb-server", "postgresql", "redis-server", "mariadb-client"]
 # Only tests need these: the browser tests of the live view, the compose file check.
 DEBIAN_TEST_PACKAGES = ["chromium", "docker-compose"]
 
@@ -38,8 +32,11 @@ def _missing_debs(packages: list[str]) -> list[str]:
     return missing
 
 
-def debian(with_test_packages: bool = False) -> None:
-    packages = DEBIAN_PACKAGES + (DEBIAN_TEST_PACKAGES if with_test_packages else [])
+def debian(with_test_packages: bool = False, python_only: bool = False) -> None:
+    packages = BUILD_PACKAGES
+    if not python_only:
+        packages = packages + DEBIAN_PACKAGES
+        packages += DEBIAN_TEST_PACKAGES if with_test_packages else []
     missing = _missing_debs(packages)
     if not missing:
         return
@@ -107,7 +104,6 @@ def editable(s: Settings) -> None:
         check=True,
     )
     stamp.write_text(digest)
-    return python
 
 
 def _maven_copy(pom: Path, out: Path) -> None:
@@ -151,8 +147,10 @@ def jars(s: Settings) -> None:
         stamp.write_text(_digest(pom))
 
 
-def everything(s: Settings, with_test_packages: bool = False) -> Path:
-    debian(with_test_packages)
+def everything(s: Settings, with_test_packages: bool = False, python_only: bool = False) -> Path:
+    """Debian packages, the venv and the jars; `python_only`: the venv and what builds it."""
+    debian(with_test_packages, python_only)
     python = venv(s)
-    jars(s)
+    if not python_only:
+        jars(s)
     return python

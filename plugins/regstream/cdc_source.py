@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any, Protocol
 
 from regstream.messages import EVENT_TABLE, SELECT_EVENTS
@@ -32,7 +32,7 @@ class EventSource(Protocol):
     def release_lock(self, name: str) -> None: ...
     def read_watermark(self, pipeline: str) -> Watermark: ...
     def open_transactions(self, not_before: float | None = None) -> set[str]: ...
-    def read_events(self, plan: ReadPlan) -> Iterator[list[Row]]: ...
+    def read_events(self, plan: ReadPlan) -> Generator[list[Row], None, None]: ...
     def captured_at(self, event_id: int) -> Any: ...
     def write_watermark(self, pipeline: str, state: Watermark) -> None: ...
     def backlog(self, above: int) -> int: ...
@@ -99,7 +99,7 @@ class MySqlEvents:
         cur.close()
         return ids
 
-    def read_events(self, plan: ReadPlan) -> Iterator[list[Row]]:
+    def read_events(self, plan: ReadPlan) -> Generator[list[Row], None, None]:
         """Streamed (server-side cursor): memory stays flat whatever the backlog."""
         import MySQLdb.cursors
 

@@ -21,7 +21,7 @@ def connect(conn_id: str, *, autocommit: bool = True) -> Any:
     conn_info = hook.get_connection(conn_id)
     where = f"{conn_info.host}:{conn_info.port or 3306}"
     try:
-        conn = hook.get_conn()
+        conn: Any = hook.get_conn()
     except MySQLdb.OperationalError as exc:
         raise DatabaseUnavailable(
             f"cannot connect to MySQL through connection '{conn_id}' at {where} "

@@ -28,18 +28,12 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from regstream.intervals import interval_seconds
+
 log = logging.getLogger(__name__)
 
 MYSQL_RECONCILE_CONN_ID = "mysql_reconcile"
 EPOCH = datetime(1970, 1, 1)
-UNITS = {
-    "second": 1,
-    "minute": 60,
-    "hour": 3600,
-    "day": 86400,
-    "week": 604800,
-}
-ALIASES = {"s": "second", "sec": "second", "min": "minute", "h": "hour", "d": "day"}
 # how many differing windows the log and the exception spell out (all are stored)
 LOG_MISMATCHES = 50
 
@@ -58,20 +52,6 @@ def queries() -> dict[str, str]:
         lines = [ln for ln in body.splitlines() if not ln.lstrip().startswith("--")]
         named[name.strip()] = "\n".join(lines).strip().rstrip(";")
     return named
-
-
-def interval_seconds(text: str) -> int:
-    """A Spark interval string ("1 minute", "7 days", "1 hour 30 minutes") in seconds."""
-    parts = re.findall(r"(\d+)\s*([a-z]+)", text.strip().lower())
-    if not parts or re.sub(r"(\d+)\s*([a-z]+)", "", text).strip():
-        raise ValueError(f"cannot read the interval {text!r}: write e.g. '1 minute' or '7 days'")
-    total = 0
-    for number, word in parts:
-        unit = ALIASES.get(word, word.removesuffix("s"))
-        if unit not in UNITS:
-            raise ValueError(f"unknown unit {unit!r} in interval {text!r}")
-        total += int(number) * UNITS[unit]
-    return total
 
 
 def floor_window(ts: datetime, window_s: int) -> datetime:

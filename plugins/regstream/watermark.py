@@ -160,7 +160,7 @@ def subtract(ranges: Iterable[tuple[int, int]], ids: Iterable[int]) -> list[tupl
 
 def ready_gaps(gaps: Iterable[Gap], open_trx: Set[str]) -> list[Gap]:
     """Gaps none of whose transactions is still open: a read now settles them."""
-    return [g for g in gaps if not open_trx.intersection(g.trx)]
+    return [g for g in gaps if open_trx.isdisjoint(g.trx)]
 
 
 @dataclass
@@ -180,7 +180,7 @@ class Run:
 
     def __post_init__(self) -> None:
         self.top = self.state.last_event_id
-        self._settled = tuple(not self.open_trx.intersection(g.trx) for g in self.state.gaps)
+        self._settled = tuple(self.open_trx.isdisjoint(g.trx) for g in self.state.gaps)
 
     @property
     def plan(self) -> ReadPlan:
@@ -223,7 +223,7 @@ class Run:
         # absence of a higher id proves nothing yet.
         unread_above = self._last_seen if self.rows >= self.limit else None
         for gap, settled in zip(self.state.gaps, self._settled, strict=True):
-            still = tuple(sorted(open_trx.intersection(gap.trx)))
+            still = tuple(sorted(t for t in gap.trx if t in open_trx))
             for a, b in subtract([(gap.first, gap.last)], self._seen_in_gaps):
                 if settled and unread_above is not None and b > unread_above:
                     if a <= unread_above:

@@ -25,7 +25,7 @@ from tests.conftest import (
     task_log_holders,
     wait_for,
 )
-from tests.integration.streamjob import ground_truth, stream_counts
+from tests.support.streamjob import ground_truth, stream_counts
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

@@ -29,7 +29,7 @@ def platform(stack: config.Settings) -> Iterator[Airflow]:
 
 def counts_match(s: config.Settings, timeout: float = 240) -> float:
     """Seconds until the stream's counts equal the SQL ground truth for every window."""
-    from tests.integration.streamjob import ground_truth, stream_counts
+    from tests.support.streamjob import ground_truth, stream_counts
 
     t0 = time.monotonic()
     wait_for(

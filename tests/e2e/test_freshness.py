@@ -13,7 +13,7 @@ from stackctl import config, services
 from tests.conftest import role_conn, root_conn, wait_for
 from tests.e2e.conftest import counts_match as wait_exact
 from tests.e2e.conftest import wait_restarted
-from tests.integration.streamjob import stream_counts
+from tests.support.streamjob import stream_counts
 
 pytestmark = pytest.mark.e2e
 

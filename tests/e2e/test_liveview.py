@@ -69,7 +69,7 @@ def open_live_view(stack, page) -> None:
 
 
 def test_a_corrupted_count_is_caught_shown_and_cleared(stack, platform, ingest_paused) -> None:
-    from tests.e2e.browser import logged_in_page
+    from tests.support.browser import logged_in_page
 
     cur = root_conn(stack, DB).cursor()
     window = db_now(cur).replace(second=0) - timedelta(days=2)
@@ -143,7 +143,7 @@ def add_a_late_event_and_a_quarantined_message(cur) -> None:
 
 
 def test_the_live_view_explains_itself(stack, platform, ingest_paused) -> None:
-    from tests.e2e.browser import logged_in_page
+    from tests.support.browser import logged_in_page
 
     cur = root_conn(stack, DB).cursor()
     add_an_hour_of_two_stores(cur)

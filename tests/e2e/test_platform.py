@@ -28,7 +28,7 @@ from tests.e2e.conftest import (
     task_runner_pids,
     wait_restarted,
 )
-from tests.integration.streamjob import stream_counts
+from tests.support.streamjob import stream_counts
 
 pytestmark = pytest.mark.e2e
 
@@ -314,7 +314,7 @@ def test_faults_during_steady_load_recover_to_ground_truth(stack, platform) -> N
 def test_live_view_shows_the_right_numbers(stack, platform) -> None:
     """A user logged in through Airflow's own login form opens the page from Airflow's
     navigation; every number in its table equals the SQL ground truth."""
-    from tests.e2e.browser import logged_in_page
+    from tests.support.browser import logged_in_page
 
     platform.call("PATCH", "/dags/ingest_fake_customers", {"is_paused": True})
     try:

@@ -64,7 +64,7 @@ def test_a_bearer_token_reads_the_json(stack, platform) -> None:
 
 
 def test_the_ui_session_cookie_reads_the_json(stack, platform) -> None:
-    from tests.e2e.browser import logged_in_page
+    from tests.support.browser import logged_in_page
 
     with logged_in_page(stack) as page:
         res = page.request.get(f"{stack.airflow_url}/regstream/api/counts?window=5")

@@ -23,7 +23,7 @@ from tests.conftest import (
     topic_messages,
     wait_for,
 )
-from tests.integration.publisher import killed_at_ack, run_script
+from tests.support.publisher import killed_at_ack, run_script
 
 pytestmark = pytest.mark.integration
 

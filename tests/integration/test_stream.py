@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import registration_counts as job
 from regstream import db, ingest, liveview, publish
+from regstream.intervals import parse_interval
 
 from stackctl import services
 from tests.conftest import (
@@ -36,8 +37,8 @@ from tests.conftest import (
     root_conn,
     wait_for,
 )
-from tests.integration.publisher import killed_at_ack
-from tests.integration.streamjob import (
+from tests.support.publisher import killed_at_ack
+from tests.support.streamjob import (
     create_topic,
     kill_job,
     query_ids,
@@ -383,7 +384,7 @@ def test_a_corrupted_count_is_rewritten_by_the_next_batch_of_its_window(stack, f
         job.mysql_params("AIRFLOW_CONN_MYSQL_STREAM"),  # the stream role
         "t",
         job.Windows.parse("1 minute"),
-        job.parse_interval("7 days"),
+        parse_interval("7 days"),
     )
     cur = root_conn(stack, fresh_db).cursor()
     w = (datetime(2026, 11, 20, 9, 0), datetime(2026, 11, 20, 9, 1), 1)
@@ -502,7 +503,7 @@ def test_live_view_of_an_empty_table(stack, fresh_db) -> None:
 
 def test_same_job_runs_on_a_standalone_cluster(stack, fresh_db, topic, tmp_path) -> None:
     spark_class = str(stack.venv / "bin" / "spark-class")
-    from tests.integration.streamjob import spark_env
+    from tests.support.streamjob import spark_env
 
     env = spark_env(stack)
     env["SPARK_WORKER_DIR"] = str(tmp_path / "work")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
+from regstream.intervals import interval_seconds
 from regstream.reconcile import (
     Bounds,
     Result,
@@ -13,7 +14,6 @@ from regstream.reconcile import (
     bounds,
     ceil_window,
     floor_window,
-    interval_seconds,
     queries,
 )
 

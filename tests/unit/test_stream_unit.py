@@ -28,6 +28,7 @@ from pyspark.sql.types import (
     StructType,
     TimestampType,
 )
+from regstream.intervals import parse_interval
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = ROOT / "plugins" / "regstream" / "schemas" / "customer_registered.v1.json"
@@ -276,13 +277,13 @@ def test_an_event_from_the_future_is_quarantined_with_its_reason(spark, when: st
 
 def test_windows_must_be_a_multiple_of_the_slide_and_intervals_are_checked() -> None:
     assert job.Windows.parse("10 minutes", "5 minutes").bucket_us == 300_000_000
-    assert job.parse_interval("7 days").days == 7
+    assert parse_interval("7 days").days == 7
     with pytest.raises(ValueError, match="multiple of the slide"):
         job.Windows.parse("10 minutes", "3 minutes")
     with pytest.raises(ValueError, match="whole seconds"):
         job.Windows.parse("1 minute", "500 milliseconds")
     with pytest.raises(ValueError, match="not an interval"):
-        job.parse_interval("soon")
+        parse_interval("soon")
 
 
 # ---------------------------------------------------------------- the contract
@@ -394,7 +395,7 @@ def batch_result(n: int = 3) -> job.BatchResult:
 
 def new_sink(**kwargs: Any) -> job.Sink:
     windows = job.Windows.parse("1 minute")
-    return job.Sink({}, "t", windows, job.parse_interval("7 days"), **kwargs)
+    return job.Sink({}, "t", windows, parse_interval("7 days"), **kwargs)
 
 
 @pytest.fixture

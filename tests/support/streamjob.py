@@ -9,6 +9,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from regstream import settings
+from regstream.intervals import interval_seconds
+
 from stackctl import config, procs
 from stackctl.sparkjob import JOB, kill_job, spark_env, start_job  # noqa: F401 - shared here
 from tests.conftest import root_conn, wait_for
@@ -69,14 +72,19 @@ def query_ids(log: Path) -> list[str]:
     return re.findall(r"started: topic .*\(query id ([0-9a-f-]+)\)", log.read_text())
 
 
-def ground_truth(s: config.Settings, database: str, minutes: int = 1) -> dict[tuple, int]:
-    """Committed customers per window and store, but those the stream recorded as too late."""
+def ground_truth(
+    s: config.Settings, database: str, window_s: int | None = None
+) -> dict[tuple, int]:
+    """Committed customers per window and store, but those the stream recorded as too late.
+    Windows are the configured REGSTREAM_WINDOW unless `window_s` says otherwise."""
+    if window_s is None:
+        window_s = interval_seconds(settings.setting("REGSTREAM_WINDOW"))
     cur = root_conn(s, database).cursor()
     cur.execute(
         "SELECT FROM_UNIXTIME(FLOOR(UNIX_TIMESTAMP(create_date) / %s) * %s) AS ws, store_id, "
         "COUNT(*) FROM customer c WHERE NOT EXISTS (SELECT 1 FROM stream_late_events l "
         "WHERE l.customer_id = c.customer_id) GROUP BY ws, store_id",
-        (minutes * 60, minutes * 60),
+        (window_s, window_s),
     )
     return {(ws, store): n for ws, store, n in cur.fetchall()}
 
