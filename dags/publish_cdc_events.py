@@ -1,9 +1,11 @@
 """
 ### Publish CDC events
 
-Publishes the rows of `users_change_events` that are newer than the watermark
-(`latest_cdc_timestamp`) to the Kafka topic, then advances the watermark, only after Kafka
-acknowledged every message (acks=all, idempotent producer).
+Publishes the rows of `users_change_events` above the CDC watermark to the Kafka topic in one
+Kafka transaction together with the new CDC watermark (written to the compacted
+`<topic>-publisher-state` topic), then copies the watermark to `latest_cdc_timestamp`. A
+publisher killed before the commit leaves nothing a `read_committed` reader sees; the next run
+aborts its transaction and sends the events once.
 
 **Event-driven**: the asset `users_change_events_unpublished` has a watcher whose trigger runs
 in the triggerer and probes MySQL twice a second (two primary-key lookups), so a row inserted

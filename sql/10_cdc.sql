@@ -39,9 +39,10 @@ CREATE TRIGGER IF NOT EXISTS customer_after_insert_cdc
     ('customer_registered', NEW.customer_id, NEW.store_id, NEW.first_name, NEW.last_name,
      NEW.email, NEW.address_id, NEW.create_date, UTC_TIMESTAMP(6));
 
--- The publisher's watermark, one row per topic. last_event_id is the highest event id
--- published; pending_gaps lists lower ids not yet seen whose transactions may still commit
--- (see plugins/regstream/publish.py). Written only after Kafka acknowledged every message.
+-- The CDC watermark, one row per topic. last_event_id is the highest event id published;
+-- pending_gaps lists lower ids not yet seen whose transactions may still commit (see
+-- plugins/regstream/watermark.py). A copy: the publisher commits the watermark to Kafka in
+-- the same transaction as the events, and writes this row after that commit.
 CREATE TABLE IF NOT EXISTS latest_cdc_timestamp (
   pipeline VARCHAR(100) NOT NULL,
   last_event_id BIGINT UNSIGNED NOT NULL DEFAULT 0,
