@@ -21,14 +21,15 @@ status:
 logs:
 	$(CTL) logs $(SERVICE) -n 200
 
-test:
+# The pure tier first (a minute, before any service is installed), then everything else.
+test: test-unit
 	$(PY) -m stackctl --profile test install --with-test-packages
-	$(VENV)/python -m pytest tests/unit tests/integration tests/e2e tests/cluster $(PYTEST_ARGS)
+	$(VENV)/python -m pytest -m "not pure" tests/unit tests/integration tests/e2e tests/cluster $(PYTEST_ARGS)
 
 # The pure tier: no services, no JVM, no jars; Python and the venv's packages only.
 test-unit:
 	$(PY) -m stackctl --profile test install --python-only
-	$(VENV)/python -m pytest -m "not jvm" tests/unit $(PYTEST_ARGS)
+	$(VENV)/python -m pytest -m pure tests/unit $(PYTEST_ARGS)
 
 test-cluster:
 	$(PY) -m stackctl --profile test-cluster install --with-test-packages
