@@ -7,20 +7,10 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-UNITS: dict[str, timedelta] = {
-    "millisecond": timedelta(milliseconds=1),
-    "ms": timedelta(milliseconds=1),
-    "second": timedelta(seconds=1),
-    "s": timedelta(seconds=1),
-    "sec": timedelta(seconds=1),
-    "minute": timedelta(minutes=1),
-    "min": timedelta(minutes=1),
-    "hour": timedelta(hours=1),
-    "h": timedelta(hours=1),
-    "day": timedelta(days=1),
-    "d": timedelta(days=1),
-    "week": timedelta(weeks=1),
-}
+SECONDS = {"millisecond": 0.001, "second": 1, "minute": 60, "hour": 3600, "day": 86400}
+SECONDS["week"] = 7 * SECONDS["day"]
+ALIASES = {"ms": "millisecond", "s": "second", "sec": "second", "min": "minute", "h": "hour"}
+ALIASES["d"] = "day"
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)")
 
 
@@ -32,10 +22,10 @@ def parse_interval(text: str) -> timedelta:
         raise ValueError(f"not an interval: {text!r} (expected e.g. '1 minute', '7 days')")
     total = timedelta(0)
     for number, word in parts:
-        unit = UNITS.get(word) or UNITS.get(word.removesuffix("s"))
-        if unit is None:
+        unit = ALIASES.get(word, word.removesuffix("s"))
+        if unit not in SECONDS:
             raise ValueError(f"unknown unit {word!r} in interval {text!r}")
-        total += float(number) * unit
+        total += timedelta(seconds=float(number) * SECONDS[unit])
     if total <= timedelta(0):
         raise ValueError(f"interval {text!r} must be positive")
     return total
