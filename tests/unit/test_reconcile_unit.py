@@ -82,7 +82,8 @@ def test_every_query_is_named_and_has_no_comment_lines() -> None:
     q = queries()
     assert set(q) == {
         "now",
-        "compare_windows",
+        "source_windows",
+        "sink_windows",
         "insert_run",
         "insert_mismatch",
         "latest_run",
