@@ -136,7 +136,7 @@ def split(stack: config.Settings) -> Iterator[dict[str, Any]]:
             root_conn(stack).cursor().execute(f"DROP DATABASE IF EXISTS `{src_db}`")
 
 
-def test_each_side_holds_only_its_tables(stack, split) -> None:
+def test_each_side_holds_only_its_tables(stack: config.Settings, split: dict[str, Any]) -> None:
     source = tables(root_conn(stack, split["src_db"]))
     sink = tables(split["server"].root(split["sink_db"]))
     assert {"customer", "users_change_events", "latest_cdc_timestamp"} <= source
@@ -144,7 +144,9 @@ def test_each_side_holds_only_its_tables(stack, split) -> None:
     assert not source & sink
 
 
-def test_counts_on_the_sink_server_reconcile_with_the_source_server(stack, split) -> None:
+def test_counts_on_the_sink_server_reconcile_with_the_source_server(
+    stack: config.Settings, split: dict[str, Any]
+) -> None:
     assert sink_counts(split["server"], split["sink_db"], split["since"]) == split["truth"]
 
     result = run_from_settings(0, "manual__two_servers")
@@ -160,7 +162,9 @@ def test_counts_on_the_sink_server_reconcile_with_the_source_server(stack, split
     assert cur.fetchall() == ((len(split["truth"]), CUSTOMERS, CUSTOMERS),)
 
 
-def test_a_corrupted_count_on_the_sink_server_is_reported(stack, split) -> None:
+def test_a_corrupted_count_on_the_sink_server_is_reported(
+    stack: config.Settings, split: dict[str, Any]
+) -> None:
     (ws, store), n = min(split["truth"].items())
     cur = split["server"].root(split["sink_db"]).cursor()
     cur.execute(
@@ -187,7 +191,7 @@ def test_a_corrupted_count_on_the_sink_server_is_reported(stack, split) -> None:
     assert cur.fetchall() == ((ws, store, n, n + 1, 1),)
 
 
-def test_the_lag_monitor_reads_each_side(stack, split) -> None:
+def test_the_lag_monitor_reads_each_side(stack: config.Settings, split: dict[str, Any]) -> None:
     caught_up = read_lag_from_settings(split["topic"])
     assert caught_up.backlog_events == 0 and caught_up.pending_gaps == 0
     assert caught_up.publish_delay_s == 0 and caught_up.stream_delay_s == 0
@@ -209,7 +213,7 @@ def test_the_lag_monitor_reads_each_side(stack, split) -> None:
 
 
 def test_without_a_sink_connection_the_reconciliation_looks_in_the_source(
-    split, monkeypatch
+    split: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The one-database default: undefined, mysql_reconcile_sink is mysql_reconcile, which
     here is the source server: it has no sink tables, and the error says so."""
