@@ -9,7 +9,10 @@ younger than `max_publish_delay_s`, and events published must be counted by the 
 When a bound is passed, `check_pipeline_lag` **fails** with a line per problem (what is late,
 by how much, what to look at): a red run in the UI, and Airflow's failure callbacks/alerts
 fire. It clears by itself: the next run succeeds once the pipeline caught up. The same
-figures are served to Prometheus at `/regstream/metrics`.
+figures are served to Prometheus at `/regstream/metrics`. Reads through the reader role on
+each side: `mysql_reader_source` (watermark, change events' ids and times) and `mysql_reader`
+(the stream's progress); without `mysql_reader_source`, both are `mysql_reader` (one database;
+docs/sink.md).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Param, dag, task
-from regstream.settings import MYSQL_READER_CONN_ID, max_publish_delay_s, max_stream_delay_s
+from regstream.settings import max_publish_delay_s, max_stream_delay_s
 
 
 @dag(
@@ -40,15 +43,10 @@ def monitor_pipeline_lag() -> None:
         import logging
         from dataclasses import asdict
 
-        from regstream.db import connect
-        from regstream.monitoring import read_lag
+        from regstream.monitoring import read_lag_from_settings
         from regstream.settings import topic
 
-        conn = connect(MYSQL_READER_CONN_ID)
-        try:
-            lag = read_lag(conn, topic())
-        finally:
-            conn.close()
+        lag = read_lag_from_settings(topic())
         p = params or {}
         problems = lag.late(p["max_publish_delay_s"], p["max_stream_delay_s"])
         logging.getLogger(__name__).info(

@@ -11,8 +11,9 @@ seconds ago (`REGSTREAM_RECONCILE_SETTLE_S`, default 120 s); runs on
 `reconcile_window_counts` **fails** when a window differs; its log lists each one:
 `window 2026-11-24 10:05:00-10:06:00 store 2: counted 9, expected 8 (source 8 - too late 0),
 difference +1`. Every run is stored (`stream_reconciliation_runs`, `..._mismatches`) and shown
-on the live view (`/regstream/`). It reads through the `mysql_reconcile` role: of a customer
-only id, store and registration time.
+on the live view (`/regstream/`). It reads the source through `mysql_reconcile` (of a customer
+only id, store and registration time) and the sink, where it also stores its runs, through
+`mysql_reconcile_sink` (when undefined: `mysql_reconcile`, one database; docs/sink.md).
 """
 
 from __future__ import annotations

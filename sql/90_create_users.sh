@@ -1,7 +1,8 @@
 #!/bin/bash
-# docker-entrypoint-initdb.d only (docker-compose): after 50_grants.sql made the roles, create
-# the login accounts with the passwords from the environment (.env, never committed) and give
-# each its role. The local stack creates its (loopback-only) accounts itself (stackctl).
+# docker-entrypoint-initdb.d only (docker-compose): after 50_source_grants.sql and
+# 51_sink_grants.sql made the roles, create the login accounts with the passwords from the
+# environment (.env, never committed) and give each its role. The local stack creates its
+# (loopback-only) accounts itself (stackctl).
 # Passwords go through MYSQL_PWD and stdin, never a command line.
 set -euo pipefail
 for role in INGEST PUBLISHER STREAM READER RECONCILE; do

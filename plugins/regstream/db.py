@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
+from functools import cache
+from importlib import resources
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -44,3 +47,16 @@ def table_exists(conn: Any, table: str) -> bool:
     found = cur.fetchone() is not None
     cur.close()
     return found
+
+
+@cache
+def named_queries(filename: str) -> dict[str, str]:
+    """The queries of plugins/regstream/queries/<filename>, each after a `-- name: NAME`
+    line, comment lines left out."""
+    text = resources.files("regstream").joinpath("queries", filename).read_text()
+    named: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
+        name, _, body = block.partition("\n")
+        lines = [ln for ln in body.splitlines() if not ln.lstrip().startswith("--")]
+        named[name.strip()] = "\n".join(lines).strip().rstrip(";")
+    return named

@@ -8,7 +8,9 @@ Lag is defined so that an idle pipeline is not late:
   published events count (ids at or below the watermark, not in a pending gap), and nothing
   else: a watermark write that only settles gaps, or an idle stream, is not lag. (Measured from
   the capture, it includes the time the event took to be published: an upper bound.)
-Reads through the reader role only (no customer rows: ids and times).
+Reads through the reader role only (no customer rows: ids and times), one connection per
+side: source and sink may be two servers (regstream.connections, docs/sink.md). The queries
+are in queries/monitoring.sql.
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from regstream.db import named_queries
 from regstream.watermark import gaps_from_json
 
 QUERY = "registration_counts"
+
+
+def queries() -> dict[str, str]:
+    return named_queries("monitoring.sql")
 
 
 @dataclass(frozen=True)
@@ -74,42 +81,54 @@ def _stream_waiting_since(cur: Any, last_id: int, gaps: tuple, taken_until: Any)
     return cur.fetchone()[0]
 
 
-def read_lag(conn: Any, pipeline: str) -> Lag:
-    cur = conn.cursor()
-    cur.execute("SELECT UTC_TIMESTAMP(6)")
-    now = cur.fetchone()[0]
-    cur.execute(
-        "SELECT last_event_id, updated_at, pending_gaps FROM latest_cdc_timestamp "
-        "WHERE pipeline = %s",
-        (pipeline,),
-    )
-    wm = cur.fetchone() or (0, None, None)
-    gaps = gaps_from_json(wm[2] or "[]")
-    cur.execute(
-        "SELECT COUNT(*), MIN(captured_at) FROM users_change_events WHERE event_id > %s",
-        (wm[0],),
-    )
-    backlog, oldest = cur.fetchone()
-    cur.execute(
-        "SELECT MAX(finished_at) FROM stream_progress WHERE query_name = %s AND input_rows > 0",
-        (QUERY,),
-    )
-    last_input_batch = cur.fetchone()[0]
-    cur.execute("SELECT MAX(committed_at) FROM stream_sink_commits WHERE query_name = %s", (QUERY,))
-    last_commit = cur.fetchone()[0]
+@dataclass(frozen=True)
+class SinkProgress:
+    """What the stream recorded on the sink."""
+
+    taken_until: datetime | None  # the end of its last batch with input, or its last commit
+    last_batch: tuple  # (rows per second, duration ms, event-time watermark) of the last batch
+    late_events: int
+    quarantined: int
+
+
+def read_sink_progress(sink: Any) -> SinkProgress:
+    cur = sink.cursor()
+    try:
+        cur.execute(queries()["last_input_batch"], {"q": QUERY})
+        last_input_batch = cur.fetchone()[0]
+        cur.execute(queries()["last_commit"], {"q": QUERY})
+        last_commit = cur.fetchone()[0]
+        cur.execute(queries()["last_batch"], {"q": QUERY})
+        batch = cur.fetchone() or (None, None, None)
+        cur.execute(queries()["late_events"])
+        late_events = int(cur.fetchone()[0])
+        cur.execute(queries()["quarantined"])
+        quarantined = int(cur.fetchone()[0])
+    finally:
+        cur.close()
     taken_until = max((t for t in (last_input_batch, last_commit) if t), default=None)
-    waiting_since = _stream_waiting_since(cur, int(wm[0] or 0), gaps, taken_until)
-    cur.execute(
-        "SELECT rows_per_second, duration_ms, event_watermark FROM stream_progress "
-        "WHERE query_name = %s AND batch_id >= 0 ORDER BY finished_at DESC LIMIT 1",
-        (QUERY,),
-    )
-    batch = cur.fetchone() or (None, None, None)
-    cur.execute("SELECT COUNT(*) FROM stream_late_events")
-    late_events = int(cur.fetchone()[0])
-    cur.execute("SELECT COUNT(*) FROM stream_quarantine")
-    quarantined = int(cur.fetchone()[0])
-    cur.close()
+    return SinkProgress(taken_until, tuple(batch), late_events, quarantined)
+
+
+def read_lag(source: Any, pipeline: str, sink: Any | None = None) -> Lag:
+    """The lag figures: the publisher's side from `source` (watermark, change events), the
+    stream's from `sink` (its progress and records); `sink` None: both on `source`'s
+    connection (one database). Ages are measured on the source's clock; the sink's batch
+    times are compared with capture times, so the two servers' clocks must agree (NTP)."""
+    progress = read_sink_progress(source if sink is None else sink)
+    cur = source.cursor()
+    try:
+        cur.execute(queries()["now"])
+        now = cur.fetchone()[0]
+        cur.execute(queries()["watermark"], {"pipeline": pipeline})
+        wm = cur.fetchone() or (0, None, None)
+        gaps = gaps_from_json(wm[2] or "[]")
+        cur.execute(queries()["backlog"], {"last_id": wm[0]})
+        backlog, oldest = cur.fetchone()
+        waiting_since = _stream_waiting_since(cur, int(wm[0] or 0), gaps, progress.taken_until)
+    finally:
+        cur.close()
+    batch = progress.last_batch
     return Lag(
         backlog_events=int(backlog),
         oldest_unpublished_age_s=_age(now, oldest),
@@ -121,9 +140,25 @@ def read_lag(conn: Any, pipeline: str) -> Lag:
         event_time_watermark_epoch_s=(batch[2] - datetime(1970, 1, 1)).total_seconds()
         if batch[2]
         else 0.0,
-        late_events_total=late_events,
-        quarantined_total=quarantined,
+        late_events_total=progress.late_events,
+        quarantined_total=progress.quarantined,
     )
+
+
+def read_lag_from_settings(pipeline: str) -> Lag:
+    """read_lag through the reader role's connection on each side (regstream.connections)."""
+    from regstream.connections import MYSQL_READER_SOURCE_CONN_ID, connect_side
+    from regstream.settings import MYSQL_READER_CONN_ID
+
+    source = connect_side(MYSQL_READER_SOURCE_CONN_ID)
+    try:
+        sink = connect_side(MYSQL_READER_CONN_ID)
+        try:
+            return read_lag(source, pipeline, sink)
+        finally:
+            sink.close()
+    finally:
+        source.close()
 
 
 def fmt_duration(seconds: float) -> str:
@@ -304,7 +339,6 @@ def _metrics_app() -> Any:
     from fastapi.responses import PlainTextResponse
 
     from regstream import settings
-    from regstream.db import connect
 
     metrics = FastAPI(
         title="Registrations pipeline metrics",
@@ -313,11 +347,7 @@ def _metrics_app() -> Any:
 
     @metrics.get("/", response_class=PlainTextResponse)
     def scrape() -> str:
-        conn = connect(settings.MYSQL_READER_CONN_ID)
-        try:
-            lag = read_lag(conn, settings.topic())
-        finally:
-            conn.close()
+        lag = read_lag_from_settings(settings.topic())
         return prometheus_text(lag, settings.max_publish_delay_s(), settings.max_stream_delay_s())
 
     return metrics

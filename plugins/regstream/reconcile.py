@@ -14,25 +14,24 @@ count a registration). A window holding a customer captured by CDC within the se
 backfilled registration, say) is left for the next run too, and reported as skipped.
 
 Each run is stored (`stream_reconciliation_runs`, and one row per differing window in
-`stream_reconciliation_mismatches`) for the live view. Reads through the reconcile role: of a
-customer only id, store and registration time.
+`stream_reconciliation_mismatches`) for the live view. Reads through the reconcile role, one
+connection per side (source and sink may be two servers: regstream.connections, docs/sink.md):
+of a customer only id, store and registration time.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cache
-from importlib import resources
 from typing import Any
 
+from regstream.connections import MYSQL_RECONCILE_CONN_ID
+from regstream.db import named_queries
 from regstream.intervals import interval_seconds
 
 log = logging.getLogger(__name__)
 
-MYSQL_RECONCILE_CONN_ID = "mysql_reconcile"
 EPOCH = datetime(1970, 1, 1)
 # how many differing windows the log and the exception spell out (all are stored)
 LOG_MISMATCHES = 50
@@ -42,16 +41,9 @@ class ReconciliationMismatch(RuntimeError):
     """Some windows' counts differ from the source."""
 
 
-@cache
 def queries() -> dict[str, str]:
     """The named queries of queries/reconcile.sql, comment lines left out."""
-    text = resources.files("regstream").joinpath("queries/reconcile.sql").read_text()
-    named: dict[str, str] = {}
-    for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
-        name, _, body = block.partition("\n")
-        lines = [ln for ln in body.splitlines() if not ln.lstrip().startswith("--")]
-        named[name.strip()] = "\n".join(lines).strip().rstrip(";")
-    return named
+    return named_queries("reconcile.sql")
 
 
 def floor_window(ts: datetime, window_s: int) -> datetime:
@@ -135,28 +127,36 @@ class Result:
         )
 
 
-def compare(conn: Any, b: Bounds) -> Result:
-    """Per (window, store) in the bounds: source, too-late and counted, from one query."""
+def _rows(conn: Any, name: str, b: Bounds) -> list[tuple]:
     cur = conn.cursor()
-    cur.execute(queries()["compare_windows"], {"w": b.window_s, "lo": b.start, "hi": b.end})
-    rows = cur.fetchall()
-    cur.close()
+    try:
+        cur.execute(queries()[name], {"w": b.window_s, "lo": b.start, "hi": b.end})
+        return list(cur.fetchall())
+    finally:
+        cur.close()
+
+
+def compare(source: Any, sink: Any, b: Bounds) -> Result:
+    """Per (window, store) in the bounds: source and newest capture from the source, too-late
+    and counted from the sink, joined here (the two may be different servers). Both sides
+    arrive aggregated per (window, store), so memory grows with the windows checked (the
+    lateness over the window length, times the stores), not with the customers."""
+    source_rows = {
+        (ws, int(st)): (int(n), newest) for ws, st, n, newest in _rows(source, "source_windows", b)
+    }
+    sink_rows = {
+        (ws, int(st)): (int(late or 0), None if counted is None else int(counted))
+        for ws, st, late, counted in _rows(sink, "sink_windows", b)
+    }
     result = Result(b)
     span = timedelta(seconds=b.window_s)
-    for ws, store, source, late, counted, newest_capture in rows:
+    for ws, store_id in sorted(source_rows.keys() | sink_rows.keys()):
+        n, newest_capture = source_rows.get((ws, store_id), (0, None))
+        late, counted = sink_rows.get((ws, store_id), (0, None))
         if newest_capture is not None and newest_capture > b.settled_before:
             result.skipped_fresh += 1
             continue
-        result.checks.append(
-            WindowCheck(
-                ws,
-                ws + span,
-                int(store),
-                int(source),
-                int(late),
-                None if counted is None else int(counted),
-            )
-        )
+        result.checks.append(WindowCheck(ws, ws + span, store_id, n, late, counted))
     return result
 
 
@@ -198,7 +198,8 @@ def store(conn: Any, result: Result, airflow_run_id: str | None) -> int:
 
 
 def reconcile(
-    conn: Any,
+    source: Any,
+    sink: Any,
     *,
     window_s: int,
     lateness_s: int,
@@ -207,14 +208,16 @@ def reconcile(
     now: datetime | None = None,
 ) -> Result:
     """Compare, store, log; raise ReconciliationMismatch listing the windows that differ.
-    `conn` must not autocommit (the run and its mismatches land together)."""
+    `source` reads customers and change events; `sink` reads the counts and too-late events
+    and stores the run. `sink` must not autocommit (the run and its mismatches land
+    together). `now` defaults to the source's clock, which the capture times are from."""
     if now is None:
-        cur = conn.cursor()
+        cur = source.cursor()
         cur.execute(queries()["now"])
         now = cur.fetchone()[0]
         cur.close()
-    result = compare(conn, bounds(now, window_s, lateness_s, settle_s))
-    run_id = store(conn, result, airflow_run_id)
+    result = compare(source, sink, bounds(now, window_s, lateness_s, settle_s))
+    run_id = store(sink, result, airflow_run_id)
     log.info("reconciliation run %d: %s", run_id, result.summary())
     bad = result.mismatches
     if not bad:
@@ -231,21 +234,27 @@ def reconcile(
 
 
 def run_from_settings(settle_s: int | None, airflow_run_id: str | None) -> Result:
-    """What the DAG's task runs: the platform settings, the reconcile role's connection."""
-    from regstream.db import connect
+    """What the DAG's task runs: the platform settings, the reconcile role's connection on
+    each side (regstream.connections)."""
+    from regstream.connections import MYSQL_RECONCILE_SINK_CONN_ID, connect_side
     from regstream.settings import env_int, setting
 
-    conn = connect(MYSQL_RECONCILE_CONN_ID, autocommit=False)
+    source = connect_side(MYSQL_RECONCILE_CONN_ID)
     try:
-        return reconcile(
-            conn,
-            window_s=interval_seconds(setting("REGSTREAM_WINDOW")),
-            lateness_s=interval_seconds(setting("REGSTREAM_LATENESS")),
-            settle_s=env_int("REGSTREAM_RECONCILE_SETTLE_S") if settle_s is None else settle_s,
-            airflow_run_id=airflow_run_id,
-        )
+        sink = connect_side(MYSQL_RECONCILE_SINK_CONN_ID, autocommit=False)
+        try:
+            return reconcile(
+                source,
+                sink,
+                window_s=interval_seconds(setting("REGSTREAM_WINDOW")),
+                lateness_s=interval_seconds(setting("REGSTREAM_LATENESS")),
+                settle_s=env_int("REGSTREAM_RECONCILE_SETTLE_S") if settle_s is None else settle_s,
+                airflow_run_id=airflow_run_id,
+            )
+        finally:
+            sink.close()
     finally:
-        conn.close()
+        source.close()
 
 
 def _iso(ts: datetime | None) -> str | None:

@@ -82,10 +82,32 @@ def test_every_query_is_named_and_has_no_comment_lines() -> None:
     q = queries()
     assert set(q) == {
         "now",
-        "compare_windows",
+        "source_windows",
+        "sink_windows",
         "insert_run",
         "insert_mismatch",
         "latest_run",
         "run_mismatches",
     }
     assert all("--" not in body and body and not body.endswith(";") for body in q.values())
+
+
+def test_an_undefined_second_side_connection_is_the_same_role_on_one_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from regstream.connections import (
+        MYSQL_READER_SOURCE_CONN_ID,
+        MYSQL_RECONCILE_CONN_ID,
+        MYSQL_RECONCILE_SINK_CONN_ID,
+        resolve,
+    )
+
+    monkeypatch.delenv("AIRFLOW_CONN_MYSQL_RECONCILE_SINK", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_MYSQL_READER_SOURCE", raising=False)
+    assert resolve(MYSQL_RECONCILE_SINK_CONN_ID) == MYSQL_RECONCILE_CONN_ID
+    assert resolve(MYSQL_READER_SOURCE_CONN_ID) == "mysql_reader"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MYSQL_RECONCILE_SINK", '{"conn_type": "mysql", "host": "sink.example"}'
+    )
+    assert resolve(MYSQL_RECONCILE_SINK_CONN_ID) == MYSQL_RECONCILE_SINK_CONN_ID
+    assert resolve("mysql_ingest") == "mysql_ingest"  # a first-side id is never replaced

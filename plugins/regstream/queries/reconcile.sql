@@ -1,35 +1,43 @@
 -- Queries of plugins/regstream/reconcile.py, each after a `-- name:` line. Run through the
--- reconcile role with the session clock in UTC (FROM_UNIXTIME / UNIX_TIMESTAMP are then UTC).
+-- reconcile role with the session clock in UTC (FROM_UNIXTIME / UNIX_TIMESTAMP are then UTC):
+-- `now` and `source_windows` on the source, the others on the sink (they may be two servers;
+-- the join is done in Python).
 -- Windows are tumbling, %(w)s seconds long and aligned to the epoch, as Spark's window().
 
 -- name: now
+-- The source's clock: the capture times compared with it are the source's.
 SELECT UTC_TIMESTAMP(6);
 
--- name: compare_windows
--- Per (window, store) in [lo, hi): committed customers and the newest capture time among them,
--- the events recorded as too late, and the stream's count (NULL: no row).
-SELECT ws, store_id, SUM(source_n), SUM(late_n), MAX(counted_n), MAX(newest_capture)
+-- name: source_windows
+-- Source side (reconcile role). Per (window, store) in [lo, hi): committed customers and the
+-- newest capture time among them. One row per (window, store): the range is bounded by the
+-- lateness, so the rows are at most lateness / window x stores.
+SELECT CAST(FROM_UNIXTIME(FLOOR(UNIX_TIMESTAMP(c.create_date) / %(w)s) * %(w)s) AS DATETIME)
+         AS ws,
+       c.store_id, COUNT(*), MAX(e.captured_at)
+  FROM customer c LEFT JOIN users_change_events e ON e.customer_id = c.customer_id
+ WHERE c.create_date >= %(lo)s AND c.create_date < %(hi)s
+ GROUP BY ws, c.store_id
+ ORDER BY ws, c.store_id;
+
+-- name: sink_windows
+-- Sink side (reconcile role on the sink). Per (window, store) in [lo, hi): the events
+-- recorded as too late, and the stream's count (NULL: no row).
+SELECT ws, store_id, SUM(late_n), MAX(counted_n)
 FROM (
-  SELECT CAST(FROM_UNIXTIME(FLOOR(UNIX_TIMESTAMP(c.create_date) / %(w)s) * %(w)s) AS DATETIME)
+  SELECT CAST(FROM_UNIXTIME(FLOOR(UNIX_TIMESTAMP(create_date) / %(w)s) * %(w)s) AS DATETIME)
            AS ws,
-         c.store_id, COUNT(*) AS source_n, 0 AS late_n, NULL AS counted_n,
-         MAX(e.captured_at) AS newest_capture
-    FROM customer c LEFT JOIN users_change_events e ON e.customer_id = c.customer_id
-   WHERE c.create_date >= %(lo)s AND c.create_date < %(hi)s
-   GROUP BY ws, c.store_id
-  UNION ALL
-  SELECT CAST(FROM_UNIXTIME(FLOOR(UNIX_TIMESTAMP(create_date) / %(w)s) * %(w)s) AS DATETIME),
-         store_id, 0, COUNT(*), NULL, NULL
+         store_id, COUNT(*) AS late_n, NULL AS counted_n
     FROM stream_late_events
    WHERE create_date >= %(lo)s AND create_date < %(hi)s
-   GROUP BY 1, store_id
+   GROUP BY ws, store_id
   UNION ALL
-  SELECT window_start, store_id, 0, 0, registrations, NULL
+  SELECT window_start, store_id, 0, registrations
     FROM registrations_per_window
    WHERE window_start >= %(lo)s AND window_start < %(hi)s
      AND TIMESTAMPDIFF(SECOND, window_start, window_end) = %(w)s
      AND MOD(UNIX_TIMESTAMP(window_start), %(w)s) = 0
-) AS per_source
+) AS per_table
 GROUP BY ws, store_id
 ORDER BY ws, store_id;
 
