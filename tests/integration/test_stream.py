@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import registration_counts as job
 from regstream import db, ingest, liveview, publish
 from regstream.intervals import parse_interval
+from regstream.stream import mysql as stream_mysql
+from regstream.stream import sink as stream_sink
+from regstream.stream import windows as stream_windows
 
 from stackctl import services
 from tests.conftest import (
@@ -380,17 +382,17 @@ def count_of(cur: Any, window: tuple) -> tuple[int, int]:
 
 
 def test_a_corrupted_count_is_rewritten_by_the_next_batch_of_its_window(stack, fresh_db) -> None:
-    sink = job.Sink(
-        job.mysql_params("AIRFLOW_CONN_MYSQL_STREAM"),  # the stream role
+    sink = stream_sink.Sink(
+        stream_mysql.mysql_params("AIRFLOW_CONN_MYSQL_STREAM"),  # the stream role
         "t",
-        job.Windows.parse("1 minute"),
+        stream_windows.Windows.parse("1 minute"),
         parse_interval("7 days"),
     )
     cur = root_conn(stack, fresh_db).cursor()
     w = (datetime(2026, 11, 20, 9, 0), datetime(2026, 11, 20, 9, 1), 1)
 
     def batch(batch_id: int, n: int, next_offset: int) -> None:
-        result = job.BatchResult(
+        result = stream_windows.BatchResult(
             counts={w: n}, rows=Counter(ok=n), next_offsets={0: next_offset}, newest=w[0]
         )
         sink.commit(batch_id, "run-a", sink.state(), result, [], [], time.monotonic())
@@ -561,7 +563,11 @@ def test_same_job_runs_on_a_standalone_cluster(stack, fresh_db, topic, tmp_path)
         publish.run_publish(topic=topic)
         procs.append(
             start_job(
-                stack, topic, tmp_path / "ck", logs / "job.log", master="spark://127.0.0.1:7177"
+                stack,
+                topic,
+                tmp_path / "ck",
+                logs / "stream_lifecycle.log",
+                master="spark://127.0.0.1:7177",
             )
         )
         wait_counts_match(stack, fresh_db, procs[-1], timeout=240)

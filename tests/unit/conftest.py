@@ -9,5 +9,8 @@ import pytest
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        # A test that takes a local SparkSession needs the JVM.
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.jvm)
         if item.get_closest_marker("jvm") is None and item.get_closest_marker("tools") is None:
             item.add_marker(pytest.mark.pure)

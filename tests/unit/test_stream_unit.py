@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import registration_counts as job
 from pyspark import SparkContext
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import (
@@ -29,6 +28,11 @@ from pyspark.sql.types import (
     TimestampType,
 )
 from regstream.intervals import parse_interval
+from regstream.stream import contract as stream_contract
+from regstream.stream import lifecycle as stream_lifecycle
+from regstream.stream import parse as stream_parse
+from regstream.stream import sink as stream_sink
+from regstream.stream import windows as stream_windows
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = ROOT / "plugins" / "regstream" / "schemas" / "customer_registered.v1.json"
@@ -102,8 +106,8 @@ def kafka_rows(spark: SparkSession, values: list[bytes | dict | None]) -> DataFr
 
 
 def reasons(spark: SparkSession, values: list[bytes | dict | None]) -> list[str | None]:
-    parsed = job.classify(
-        job.parse_events(kafka_rows(spark, values)),
+    parsed = stream_parse.classify(
+        stream_parse.parse_events(kafka_rows(spark, values)),
         clock=datetime.now(timezone.utc).replace(tzinfo=None),
     )
     return [r.reason for r in parsed.orderBy("offset").collect()]
@@ -113,7 +117,7 @@ def reasons(spark: SparkSession, values: list[bytes | dict | None]) -> list[str 
 
 
 def test_a_valid_event_is_parsed_with_its_kafka_position(spark) -> None:
-    (row,) = job.parse_events(kafka_rows(spark, [event(7, store_id=2)])).collect()
+    (row,) = stream_parse.parse_events(kafka_rows(spark, [event(7, store_id=2)])).collect()
     assert row.reason is None
     assert (row.event_id, row.store_id, row.customer_id) == (7, 2, 507)
     assert row.create_date == datetime(2026, 11, 20, 9, 0, 10)
@@ -152,7 +156,7 @@ def test_every_quarantine_reason(spark) -> None:
     ]
 
 
-@pytest.mark.parametrize("field", job.REQUIRED)
+@pytest.mark.parametrize("field", stream_parse.REQUIRED)
 def test_each_required_field_missing_is_named(spark, field: str) -> None:
     value = {k: v for k, v in event().items() if k != field}
     (reason,) = reasons(spark, [value])
@@ -168,7 +172,9 @@ def test_optional_fields_may_be_absent_or_of_any_type(spark) -> None:
 # ---------------------------------------------------------------- build_counts
 
 
-def summary(spark: SparkSession, values: list[dict | bytes], **kwargs: Any) -> job.BatchResult:
+def summary(
+    spark: SparkSession, values: list[dict | bytes], **kwargs: Any
+) -> stream_windows.BatchResult:
     return batch(spark, values, **kwargs)[0]
 
 
@@ -179,11 +185,13 @@ def batch(
     slide: str | None = None,
     watermark: datetime | None = None,
     applied: dict[int, int] | None = None,
-) -> tuple[job.BatchResult, DataFrame]:
+) -> tuple[stream_windows.BatchResult, DataFrame]:
     """batch_result at a clock of 2026-11-20 10:00."""
-    windows = job.Windows.parse(window, slide)
+    windows = stream_windows.Windows.parse(window, slide)
     clock = datetime(2026, 11, 20, 10, 0)
-    return job.batch_result(kafka_rows(spark, values), windows, applied or {}, watermark, clock)
+    return stream_parse.batch_result(
+        kafka_rows(spark, values), windows, applied or {}, watermark, clock
+    )
 
 
 def counts(spark: SparkSession, values: list[dict | bytes], **kwargs: Any) -> dict[tuple, int]:
@@ -272,16 +280,16 @@ def test_an_event_from_the_future_is_quarantined_with_its_reason(spark, when: st
     result, events = batch(spark, values)
     assert (result.passes, result.rows) == (2, {"ok": 1, "bad": 1})
     (bad,) = events.where("kind = 'bad'").select("event_id", "reason").collect()
-    assert (bad.event_id, bad.reason) == (2, job.TOO_NEW)
+    assert (bad.event_id, bad.reason) == (2, stream_windows.TOO_NEW)
 
 
 def test_windows_must_be_a_multiple_of_the_slide_and_intervals_are_checked() -> None:
-    assert job.Windows.parse("10 minutes", "5 minutes").bucket_us == 300_000_000
+    assert stream_windows.Windows.parse("10 minutes", "5 minutes").bucket_us == 300_000_000
     assert parse_interval("7 days").days == 7
     with pytest.raises(ValueError, match="multiple of the slide"):
-        job.Windows.parse("10 minutes", "3 minutes")
+        stream_windows.Windows.parse("10 minutes", "3 minutes")
     with pytest.raises(ValueError, match="whole seconds"):
-        job.Windows.parse("1 minute", "500 milliseconds")
+        stream_windows.Windows.parse("1 minute", "500 milliseconds")
     with pytest.raises(ValueError, match="not an interval"):
         parse_interval("soon")
 
@@ -305,16 +313,16 @@ def test_the_fields_the_job_reads_agree_with_the_message_schema() -> None:
         StringType(): ({"string"}, None),
         TimestampType(): ({"string"}, "date-time"),
     }
-    assert set(job.REQUIRED) <= set(contract["required"])
-    assert {f.name for f in job.PARSE_SCHEMA.fields} == set(job.REQUIRED)
-    for field in job.EVENT_SCHEMA.fields:
+    assert set(stream_parse.REQUIRED) <= set(contract["required"])
+    assert {f.name for f in stream_parse.PARSE_SCHEMA.fields} == set(stream_parse.REQUIRED)
+    for field in stream_parse.EVENT_SCHEMA.fields:
         assert field.name in props, f"{field.name} is not in the contract"
         spec = props[field.name]
         want_types, want_format = spark_to_json[field.dataType]
         assert json_types(spec) == want_types, (field.name, spec)
         if want_format:
             assert spec.get("format") == want_format, (field.name, spec)
-    assert props["schema_version"]["const"] == job.SCHEMA_VERSION
+    assert props["schema_version"]["const"] == stream_contract.known_versions()[0]
 
 
 def test_the_contract_example_value_parses_as_a_valid_event(spark) -> None:
@@ -339,7 +347,7 @@ class FakeCursor:
     def execute(self, sql: str, params: Any = None) -> None:
         self._use()
         self.conn.statements.append(sql)
-        self.result = [self.conn.sink_row] if sql.startswith(job.SINK_STATE) else []
+        self.result = [self.conn.sink_row] if sql.startswith(stream_sink.SINK_STATE) else []
         if sql.startswith("INSERT INTO stream_sink_commits"):
             self.conn.pending.append(params)
 
@@ -384,8 +392,8 @@ class FakeConn:
 WINDOW = (datetime(2026, 11, 20, 9, 0), datetime(2026, 11, 20, 9, 1), 1)
 
 
-def batch_result(n: int = 3) -> job.BatchResult:
-    return job.BatchResult(
+def batch_result(n: int = 3) -> stream_windows.BatchResult:
+    return stream_windows.BatchResult(
         counts={WINDOW: n},
         rows=Counter(ok=n),
         next_offsets={0: 10},
@@ -393,9 +401,9 @@ def batch_result(n: int = 3) -> job.BatchResult:
     )
 
 
-def new_sink(**kwargs: Any) -> job.Sink:
-    windows = job.Windows.parse("1 minute")
-    return job.Sink({}, "t", windows, parse_interval("7 days"), **kwargs)
+def new_sink(**kwargs: Any) -> stream_sink.Sink:
+    windows = stream_windows.Windows.parse("1 minute")
+    return stream_sink.Sink({}, "t", windows, parse_interval("7 days"), **kwargs)
 
 
 @pytest.fixture
@@ -406,11 +414,13 @@ def fake_mysql(monkeypatch: pytest.MonkeyPatch) -> list[FakeConn]:
         made.append(FakeConn())
         return made[-1]
 
-    monkeypatch.setattr(job, "mysql_connect", connect)
+    monkeypatch.setattr(stream_sink, "mysql_connect", connect)
     return made
 
 
-def commit(sink: job.Sink, batch_id: int, result: job.BatchResult | None = None) -> None:
+def commit(
+    sink: stream_sink.Sink, batch_id: int, result: stream_windows.BatchResult | None = None
+) -> None:
     state = sink.state()
     sink.commit(batch_id, "q-1", state, result or batch_result(), [], [], time.monotonic())
 
@@ -460,9 +470,9 @@ def test_a_batch_adds_its_counts_and_records_its_offsets_in_one_transaction(fake
     commit(sink, 4)
     (conn,) = fake_mysql
     assert (*WINDOW, 3, 3, 4, "q-1") in conn.rows
-    (record,) = [r for r in conn.rows if r[0] == job.COUNTS_QUERY and len(r) == 8]
-    assert record[:4] == (job.COUNTS_QUERY, "q-1", 4, '{"t": {"0": 10}}')
-    assert "stream_count = stream_count + VALUES(stream_count)" in job.COUNTS
+    (record,) = [r for r in conn.rows if r[0] == stream_sink.COUNTS_QUERY and len(r) == 8]
+    assert record[:4] == (stream_sink.COUNTS_QUERY, "q-1", 4, '{"t": {"0": 10}}')
+    assert "stream_count = stream_count + VALUES(stream_count)" in stream_sink.COUNTS
     sink.close()
 
 
@@ -480,7 +490,7 @@ def test_a_batch_is_refused_when_the_sink_moved_under_it(fake_mysql) -> None:
 def test_a_batch_waits_for_its_query_id_and_fails_clearly_without_it(fake_mysql) -> None:
     sink = new_sink(query_id_timeout_s=0.1)
     with pytest.raises(RuntimeError, match="query id of registration_counts"):
-        sink.query_id(job.COUNTS_QUERY)
+        sink.query_id(stream_sink.COUNTS_QUERY)
     sink.close()
 
 
@@ -545,13 +555,13 @@ def send_when_handled(sig: int, failures: list[str]) -> threading.Thread:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_both_queries_and_the_job_exits_0(tmp_path, caplog, sig) -> None:
     spark = FakeSpark()
-    queries = [FakeQuery(job.COUNTS_QUERY, spark), FakeQuery("other", spark)]
+    queries = [FakeQuery(stream_sink.COUNTS_QUERY, spark), FakeQuery("other", spark)]
     before = signal.getsignal(sig)
     failures: list[str] = []
     sender = send_when_handled(sig, failures)
     caplog.set_level(logging.INFO, logger="registration_counts")
     try:
-        assert job.run_until_stopped(spark, queries, tmp_path / "STOP") == 0
+        assert stream_lifecycle.run_until_stopped(spark, queries, tmp_path / "STOP") == 0
     finally:
         sender.join(30)
     assert not failures
@@ -562,12 +572,12 @@ def test_a_signal_stops_both_queries_and_the_job_exits_0(tmp_path, caplog, sig) 
 
 def test_the_stop_file_stops_the_job_and_is_removed(tmp_path) -> None:
     spark = FakeSpark()
-    queries = [FakeQuery(job.COUNTS_QUERY, spark), FakeQuery("other", spark)]
+    queries = [FakeQuery(stream_sink.COUNTS_QUERY, spark), FakeQuery("other", spark)]
     stop = tmp_path / "STOP"
     toucher = threading.Timer(0.2, stop.touch)
     toucher.start()
     try:
-        assert job.run_until_stopped(spark, queries, stop, stop_file_poll_s=0.05) == 0
+        assert stream_lifecycle.run_until_stopped(spark, queries, stop, stop_file_poll_s=0.05) == 0
     finally:
         toucher.cancel()
     assert all(q.stopped for q in queries)
@@ -576,23 +586,23 @@ def test_the_stop_file_stops_the_job_and_is_removed(tmp_path) -> None:
 
 def test_a_stale_stop_file_does_not_stop_a_new_job(tmp_path) -> None:
     spark = FakeSpark()
-    queries = [FakeQuery(job.COUNTS_QUERY, spark)]
+    queries = [FakeQuery(stream_sink.COUNTS_QUERY, spark)]
     stop = tmp_path / "STOP"
     stop.touch()
     stopper = threading.Timer(0.5, queries[0].stop)  # stands in for a failing query
     stopper.start()
     try:
-        assert job.run_until_stopped(spark, queries, stop, stop_file_poll_s=0.05) == 1
+        assert stream_lifecycle.run_until_stopped(spark, queries, stop, stop_file_poll_s=0.05) == 1
     finally:
         stopper.cancel()
 
 
 def test_a_failed_query_stops_the_other_and_the_job_exits_1(tmp_path, caplog) -> None:
     spark = FakeSpark()
-    failed = FakeQuery(job.COUNTS_QUERY, spark, error="Kafka topic deleted")
+    failed = FakeQuery(stream_sink.COUNTS_QUERY, spark, error="Kafka topic deleted")
     other = FakeQuery("other", spark)
     spark.streams.terminated.set()
-    assert job.run_until_stopped(spark, [failed, other], tmp_path / "STOP") == 1
+    assert stream_lifecycle.run_until_stopped(spark, [failed, other], tmp_path / "STOP") == 1
     assert other.stopped
     assert "registration_counts: Kafka topic deleted" in caplog.text
 
@@ -611,12 +621,12 @@ def test_a_running_batch_is_let_finish_before_its_query_is_stopped(tmp_path) -> 
             super().stop()
 
     spark = FakeSpark()
-    busy = BusyQuery(job.COUNTS_QUERY, spark)
+    busy = BusyQuery(stream_sink.COUNTS_QUERY, spark)
     stop = tmp_path / "STOP"
     toucher = threading.Timer(0.1, stop.touch)
     toucher.start()
     try:
-        assert job.run_until_stopped(spark, [busy], stop, stop_file_poll_s=0.05) == 0
+        assert stream_lifecycle.run_until_stopped(spark, [busy], stop, stop_file_poll_s=0.05) == 0
     finally:
         toucher.cancel()
     assert busy.stopped
