@@ -1,7 +1,9 @@
-"""The message contract: key and value of one `customer_registered` event, version 1.
+"""What the publisher writes: key and value of one `customer_registered` event.
 
-The contract is the JSON Schema `schemas/customer_registered.v1.json`; tests validate what
-this module builds (unit) and what Kafka holds (integration) against it.
+The contract is the JSON Schema of the version it writes, `schemas/customer_registered.v<N>.json`
+(docs/contract.md); tests check that the SQL below builds exactly that version's fields
+(unit) and validate what Kafka holds against it (integration). The consumer accepts every
+version it has a schema for, so a new version is deployed consumer first, then this number.
 
 The value is built by the database server, one JSON object per row of `users_change_events`;
 times are UTC with a Z (the session time zone is +00:00). CONCAT with JSON_QUOTE is ~3x faster
@@ -16,8 +18,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+# The version the publisher writes: the one place it is set.
 SCHEMA_VERSION = 1
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "customer_registered.v1.json"
+SCHEMA_PATH = (
+    Path(__file__).resolve().parent / "schemas" / f"customer_registered.v{SCHEMA_VERSION}.json"
+)
 EVENT_TABLE = "users_change_events"
 
 VALUE_SQL = (

@@ -57,7 +57,7 @@ JSON_OPTIONS = {"mode": "PERMISSIVE"}
 
 def _reason(raw: Column, parsed: Column) -> Column:
     """Why a message is not a usable event; null when it is."""
-    obj = F.from_json(raw, MapType(StringType(), StringType()))
+    obj = F.from_json(raw, MapType(StringType(), StringType()))  # type: ignore[arg-type]  # pyspark's hint omits MapType, which from_json accepts
     checks = [
         F.when(raw.isNull(), F.lit("empty value")),
         F.when(raw.isNotNull() & obj.isNull(), F.lit("not a JSON object")),
