@@ -6,11 +6,18 @@ from __future__ import annotations
 import pytest
 
 
+# Fixtures that run an installed binary: `resolved` is docker-compose's own parser.
+TOOL_FIXTURES = {"resolved"}
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         # A test that takes a local SparkSession needs the JVM.
-        if "spark" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "spark" in fixtures:
             item.add_marker(pytest.mark.jvm)
+        if TOOL_FIXTURES & set(fixtures):
+            item.add_marker(pytest.mark.tools)
         if item.get_closest_marker("jvm") is None and item.get_closest_marker("tools") is None:
             item.add_marker(pytest.mark.pure)

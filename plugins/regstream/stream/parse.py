@@ -39,12 +39,13 @@ SPARK_TYPES: dict[str, DataType] = {
 EVENT_TYPE = contract.EVENT_TYPE
 KNOWN_VERSIONS = contract.known_versions()
 REQUIRED = contract.CONSUMED
-# Every field of the newest version, and what the job reads of each message: the consumed
-# fields only. The parser skips the rest (names, email, captured_at) cheaply.
+# The fields every known version has (versions only add optional ones: the first version's),
+# and what the job reads of each message: the consumed fields only. The parser skips the
+# rest (names, email, captured_at) cheaply.
 EVENT_SCHEMA = StructType(
     [
         StructField(name, SPARK_TYPES[kind])
-        for name, kind in contract.value_fields(KNOWN_VERSIONS[-1]).items()
+        for name, kind in contract.value_fields(KNOWN_VERSIONS[0]).items()
     ]
 )
 PARSE_SCHEMA = StructType(
