@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-
 # Fixtures that run an installed binary: `resolved` is docker-compose's own parser.
 TOOL_FIXTURES = {"resolved"}
 
