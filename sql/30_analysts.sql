@@ -73,14 +73,12 @@ GRANT SELECT ON analyst_registrations_1_day TO reg_analyst_role;
 -- MariaDB keeps a statement time limit per account, not per role, and stackctl creates the
 -- local stack's accounts (127.0.0.1) after the sql/ files have run. So the account is made
 -- here first, with a throwaway random password that stackctl then replaces with the
--- generated one (its ALTER USER ... IDENTIFIED BY keeps the limit).
-SET @reg_analyst_pw = CONCAT(MD5(RAND()), MD5(RAND()));
-SET @reg_analyst_sql = CONCAT(
-  "CREATE USER IF NOT EXISTS 'reg_analyst'@'127.0.0.1' IDENTIFIED BY '", @reg_analyst_pw, "'");
-PREPARE reg_analyst_stmt FROM @reg_analyst_sql;
-EXECUTE reg_analyst_stmt;
-DEALLOCATE PREPARE reg_analyst_stmt;
-SET @reg_analyst_pw = NULL;
-ALTER USER 'reg_analyst'@'127.0.0.1' WITH MAX_STATEMENT_TIME 30;
--- docker-compose's account ('%'), once it exists (a re-run of this file)
-ALTER USER IF EXISTS 'reg_analyst'@'%' WITH MAX_STATEMENT_TIME 30;
+-- generated one (its ALTER USER ... IDENTIFIED BY keeps the limit). /*M! ... */ runs on
+-- MariaDB only: MySQL 8 (docker-compose) has no per-account statement limit (docs/analysts.md).
+/*M! SET @reg_analyst_sql = CONCAT("CREATE USER IF NOT EXISTS 'reg_analyst'@'127.0.0.1' ",
+  "IDENTIFIED BY '", MD5(RAND()), MD5(RAND()), "'") */;
+/*M! PREPARE reg_analyst_stmt FROM @reg_analyst_sql */;
+/*M! EXECUTE reg_analyst_stmt */;
+/*M! DEALLOCATE PREPARE reg_analyst_stmt */;
+/*M! SET @reg_analyst_sql = NULL */;
+/*M! ALTER USER 'reg_analyst'@'127.0.0.1' WITH MAX_STATEMENT_TIME 30 */;

@@ -101,7 +101,10 @@ def connect(env: str = READER_ENV) -> Any:
 
 def window_minutes(window: str | int) -> int:
     """'15 minutes' or 15 -> 15, one of WINDOW_CHOICES; a clear error otherwise."""
-    minutes = window if isinstance(window, int) else interval_seconds(window) / 60
+    try:
+        minutes = window if isinstance(window, int) else interval_seconds(window) / 60
+    except ValueError as exc:
+        raise ValueError(f"window {window!r}: {exc}") from None
     if minutes not in WINDOW_CHOICES:
         raise ValueError(
             f"window {window!r}: must be one of {', '.join(map(str, WINDOW_CHOICES))} minutes"
