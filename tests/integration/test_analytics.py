@@ -45,7 +45,9 @@ def test_the_notebooks_numbers_are_the_live_views(stack, fresh_db) -> None:
         page = liveview.counts(conn, 15)
     finally:
         conn.close()
-    assert df.attrs["rolled_up"] and df.attrs["note"] == "each row sums the stream's 1-minute windows"
+    assert (
+        df.attrs["rolled_up"] and df.attrs["note"] == "each row sums the stream's 1-minute windows"
+    )
     table = analytics.table(df)
     assert [
         (r.window_start.isoformat().replace("+00:00", "Z"), r._3, r._4, r.total)
