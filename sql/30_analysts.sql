@@ -73,12 +73,17 @@ GRANT SELECT ON analyst_registrations_1_day TO reg_analyst_role;
 -- MariaDB keeps a statement time limit per account, not per role, and stackctl creates the
 -- local stack's accounts (127.0.0.1) after the sql/ files have run. So the account is made
 -- here first, with a throwaway random password that stackctl then replaces with the
--- generated one (its ALTER USER ... IDENTIFIED BY keeps the limit). /*M! ... */ runs on
--- MariaDB only: MySQL 8 (docker-compose) has no per-account statement limit (docs/analysts.md).
-/*M! SET @reg_analyst_sql = CONCAT("CREATE USER IF NOT EXISTS 'reg_analyst'@'127.0.0.1' ",
-  "IDENTIFIED BY '", MD5(RAND()), MD5(RAND()), "'") */;
-/*M! PREPARE reg_analyst_stmt FROM @reg_analyst_sql */;
-/*M! EXECUTE reg_analyst_stmt */;
-/*M! DEALLOCATE PREPARE reg_analyst_stmt */;
-/*M! SET @reg_analyst_sql = NULL */;
-/*M! ALTER USER 'reg_analyst'@'127.0.0.1' WITH MAX_STATEMENT_TIME 30 */;
+-- generated one (its ALTER USER ... IDENTIFIED BY keeps the limit). MySQL 8 (docker-compose)
+-- has no per-account statement limit (docs/analysts.md): there both statements are `DO 0`.
+SET @reg_on_mariadb = VERSION() LIKE '%MariaDB%';
+SET @reg_analyst_sql = IF(@reg_on_mariadb, CONCAT(
+  "CREATE USER IF NOT EXISTS 'reg_analyst'@'127.0.0.1' IDENTIFIED BY '",
+  MD5(RAND()), MD5(RAND()), "'"), 'DO 0');
+PREPARE reg_analyst_stmt FROM @reg_analyst_sql;
+EXECUTE reg_analyst_stmt;
+SET @reg_analyst_sql = IF(@reg_on_mariadb,
+  "ALTER USER 'reg_analyst'@'127.0.0.1' WITH MAX_STATEMENT_TIME 30", 'DO 0');
+PREPARE reg_analyst_stmt FROM @reg_analyst_sql;
+EXECUTE reg_analyst_stmt;
+DEALLOCATE PREPARE reg_analyst_stmt;
+SET @reg_analyst_sql = NULL;

@@ -91,6 +91,17 @@ def test_the_analysts_views_sum_as_the_api_does(stack, fresh_db) -> None:
     assert {length for *_, length in got} == {60}
 
 
+def test_the_analysts_account_has_a_statement_time_limit(stack, fresh_db) -> None:
+    cur = root_conn(stack, fresh_db).cursor()
+    cur.execute("SELECT host, max_statement_time FROM mysql.user WHERE user = 'reg_analyst'")
+    assert [(h, float(t)) for h, t in cur.fetchall()] == [("127.0.0.1", 30.0)]
+    conn = role_conn(stack, "analyst", fresh_db)  # stackctl's password replaced the throwaway
+    sess = conn.cursor()
+    sess.execute("SELECT @@max_statement_time")
+    assert float(sess.fetchone()[0]) == 30.0
+    conn.close()
+
+
 def test_a_csv_past_the_row_cap_is_refused_with_how_to_narrow_it(
     stack, fresh_db, monkeypatch
 ) -> None:
