@@ -52,7 +52,7 @@ stream-stop:
 # notebooks/registrations.ipynb. PROFILE=test-cluster for the cluster profile.
 notebook:
 	@eval "$$($(CTL) env)" && exec $(VENV)/jupyter-lab --notebook-dir=notebooks \
-		--ServerApp.ip=127.0.0.1 --no-browser
+		--ServerApp.ip=127.0.0.1 --no-browser $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 reset: down
 	rm -rf .state/$(PROFILE)
