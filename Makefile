@@ -7,7 +7,7 @@ PROFILE ?= local
 # stackctl runs on the venv's python once it exists (status reads Kafka through its client)
 CTL = $(shell test -x $(VENV)/python && echo $(VENV)/python || echo $(PY)) -m stackctl --profile $(PROFILE)
 
-.PHONY: up down status logs test test-unit test-cluster bench lint reset stream-stop
+.PHONY: up down status logs test test-unit test-cluster bench lint reset stream-stop notebook
 
 up:
 	$(PY) -m stackctl --profile $(PROFILE) up
@@ -47,6 +47,13 @@ lint:
 
 stream-stop:
 	$(CTL) stream-stop
+
+# Jupyter against the running stack: the connections come from the profile's environment
+# (passwords from its 0600 secrets file), never typed into a notebook. Open
+# notebooks/registrations.ipynb. PROFILE=test-cluster for the cluster profile.
+notebook:
+	@eval "$$($(CTL) env)" && exec $(VENV)/jupyter-lab --notebook-dir=notebooks \
+		--ServerApp.ip=127.0.0.1 --no-browser $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 reset: down
 	rm -rf .state/$(PROFILE)

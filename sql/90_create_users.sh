@@ -5,7 +5,7 @@
 # (loopback-only) accounts itself (stackctl).
 # Passwords go through MYSQL_PWD and stdin, never a command line.
 set -euo pipefail
-for role in INGEST PUBLISHER STREAM READER RECONCILE; do
+for role in INGEST PUBLISHER STREAM READER RECONCILE ANALYST; do
   var="REG_${role}_PASSWORD"
   user="reg_$(echo "$role" | tr '[:upper:]' '[:lower:]')"
   if [ -z "${!var:-}" ]; then echo "$var is not set" >&2; exit 1; fi

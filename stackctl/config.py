@@ -103,6 +103,8 @@ ROLES = {
     "stream": "reg_stream",
     "reader": "reg_reader",
     "reconcile": "reg_reconcile",
+    # analysts' SQL clients: read-only views, statement time limit (sql/30_analysts.sql)
+    "analyst": "reg_analyst",
 }
 
 

@@ -66,3 +66,14 @@ def test_durations_read_like_a_person_writes_them() -> None:
         "2.5 h",
         "2.3 d",
     ]
+
+
+def test_the_page_offers_the_csv_of_what_it_shows() -> None:
+    from regstream import liveview
+
+    html = liveview.PAGE.read_text()
+    js = (liveview.STATIC / "liveview.js").read_text()
+    assert 'id="csv"' in html and "Download CSV" in html
+    # the link follows the window and range selectors, as the table does
+    assert 'api/counts.csv?window=${$("window").value}&hours=${$("hours").value}' in js
+    assert "api/counts?window=${win}&hours=${hours}" in js

@@ -122,6 +122,12 @@ function renderCounts(c) {
   $("note").textContent = c.note || "";
 }
 
+// the download is the table of the chosen window and range (all its windows, not only the
+// 48 newest the page lists), through the same login as the page
+function updateCsvLink() {
+  $("csv").href = `api/counts.csv?window=${$("window").value}&hours=${$("hours").value}`;
+}
+
 async function getJson(url) {
   const r = await fetch(url);
   if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
@@ -129,10 +135,11 @@ async function getJson(url) {
 }
 
 async function refresh() {
+  updateCsvLink();
   const win = $("window").value, hours = $("hours").value;
   try {
     const [h, s, c] = await Promise.all([getJson("api/health"),
-      getJson(`api/series?window=${win}&hours=${hours}`), getJson(`api/counts?window=${win}`)]);
+      getJson(`api/series?window=${win}&hours=${hours}`), getJson(`api/counts?window=${win}&hours=${hours}`)]);
     renderCards(h); renderReconciliation(h.reconciliation); renderEventLists(h);
     renderChart(s); renderCounts(c);
     $("updated").textContent = `updated ${when(h.now).slice(11, 19)} UTC, every 5 s`;
