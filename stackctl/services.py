@@ -20,12 +20,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Set
+from functools import partial
 from pathlib import Path
 
 from stackctl import supervisor
 from stackctl.config import (
     DATABASE,
+    ENV_VARS,
     ROLES,
     ROOT,
     Settings,
@@ -111,7 +113,7 @@ def _in_run_dir(entry: Path, run: Path) -> bool:
     return cwd == run or run in cwd.parents
 
 
-def marked_pids(s: Settings, groups: set[int] = frozenset()) -> list[int]:
+def marked_pids(s: Settings, groups: Set[int] = frozenset()) -> list[int]:
     """Every live process of this profile: its environment mark, its working directory (every
     program starts in the profile's run folder, and children inherit it), or its process
     group (`groups`: the supervisord programs' pids). Several marks, because Airflow's
@@ -163,11 +165,13 @@ def descendants(root: int) -> list[int]:
 
 
 def base_env(s: Settings) -> dict[str, str]:
-    """The environment of supervisord and so of every program: no secrets in it."""
+    """The environment of supervisord and so of every program: no secrets in it. The
+    platform's REGSTREAM_* settings pass (none is a secret): a value the user set reaches
+    every program; stackctl's own REG_* reach them through settings_env."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("AIRFLOW", "REG_", "REGSTREAM_", "MYSQL_", "PG"))
+        if k.startswith("REGSTREAM_") or not k.startswith(("AIRFLOW", "REG_", "MYSQL_", "PG"))
     }
     env[MARK] = str(s.run)
     env["PATH"] = f"{s.venv / 'bin'}:{env.get('PATH', '')}"
@@ -608,7 +612,7 @@ def start_kafka(s: Settings) -> None:
     for name, offset in offsets.items():
         wait_until(
             f"Kafka node {name}",
-            lambda n=name, o=offset: kafka_ready(s, n, o),
+            partial(kafka_ready, s, name, offset),
             120,
             s.logs / f"{name}.log",
         )
@@ -879,36 +883,12 @@ def _log_to_file(path: Path, max_bytes: int = 50 << 20, backups: int = 2) -> Non
     os.close(fd)
 
 
-# The settings `stackctl exec` must see to rebuild this profile's Settings: base_env drops
-# every REG_* variable, so without them a component of a profile started on other ports or
-# another state folder would read the default ones (seen: an API server on REG_PG_PORT=5463
-# connecting to 5443). None of them is a secret.
-_SETTINGS_ENV = {
-    "REG_STATE_DIR": "state",
-    "REG_MYSQL_PORT": "mysql_port",
-    "REG_KAFKA_PORT": "kafka_port",
-    "REG_KAFKA_CONTROLLER_PORT": "kafka_controller_port",
-    "REG_AIRFLOW_PORT": "airflow_port",
-    "REG_AIRFLOW_PARALLELISM": "airflow_parallelism",
-    "REG_AIRFLOW_API_WORKERS": "airflow_api_workers",
-    "REG_PG_PORT": "pg_port",
-    "REG_KAFKA_HEAP_MB": "kafka_heap_mb",
-    "REG_SPARK_SHUFFLE_PARTITIONS": "spark_shuffle_partitions",
-    "REG_SPARK_DRIVER_MEMORY": "spark_driver_memory",
-    "REG_SPARK_MASTER": "spark_master",
-    "REG_TOPIC_PARTITIONS": "topic_partitions",
-    "REG_CELERY_WORKERS": "celery_workers",
-    "REG_SPARK_WORKERS": "spark_workers",
-    "REG_SPARK_MASTER_PORT": "spark_master_port",
-    "REG_SPARK_MASTER_UI_PORT": "spark_master_ui",
-    "REG_REDIS_PORT": "redis_port",
-    "REG_SPARK_WORKER_MEMORY": "spark_worker_memory",
-}
-
-
 def settings_env(s: Settings) -> dict[str, str]:
     """The REG_* variables under which `config.load(s.profile)` returns `s`."""
-    return {var: str(getattr(s, field)) for var, field in _SETTINGS_ENV.items()}
+    # base_env drops every REG_* variable, so without them a component of a profile started on
+    # other ports or another state folder would read the default ones (seen: an API server on
+    # REG_PG_PORT=5463 connecting to 5443). None of them is a secret.
+    return {var: str(getattr(s, field)) for field, var in ENV_VARS.items()}
 
 
 def _airflow_programs(s: Settings) -> list[Program]:
