@@ -6,6 +6,7 @@ and the stream DAG, parsed in the scheduler's environment, submits the job with 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from regstream import settings as platform
+
 from stackctl import config, services, supervisor
 from tests.conftest import stop_profile, wipe_profile
 
@@ -88,18 +89,21 @@ def test_the_stream_dag_submits_the_users_window(started) -> None:
     --window '5 minutes' (what SparkSubmitOperator puts on spark-submit's command line)."""
     env = _environ(supervisor.pid_of(started, "airflow-scheduler"))
     script = """
-import json
+import json, sys
 from airflow.dag_processing.dagbag import DagBag
-bag = DagBag(dag_folder=%r)
+bag = DagBag(dag_folder=sys.argv[1])
 task = bag.get_dag("stream_registration_counts").get_task("run_streaming_job")
 print(json.dumps(task.application_args))
-""" % str(ROOT / "dags" / "stream_registration_counts.py")
+"""
+    dag_file = str(ROOT / "dags" / "stream_registration_counts.py")
     res = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=started.run
+        [sys.executable, "-c", script, dag_file],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=started.run,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    import json
-
     args = json.loads(res.stdout.strip().splitlines()[-1])
     assert args[args.index("--window") + 1] == "5 minutes"
     assert args[args.index("--topic") + 1] == USER["REGSTREAM_TOPIC"]
