@@ -17,6 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from regstream import settings as regstream_settings
+from regstream.settings import DEFAULTS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -72,29 +75,15 @@ PROFILES["test-cluster"] = dataclasses.replace(
 
 DATABASE = "sakila"
 
-# Every default of the platform's own settings, in one place. stackctl passes them to Airflow
-# and the tests; the DAGs, the tasks and the Spark job's arguments read them through
-# regstream.settings; docker-compose.yaml sets the same values (tests/unit/test_docker_compose
-# compares them). Each can be overridden by the environment variable of the same name.
-DEFAULTS: dict[str, str] = {
-    "REGSTREAM_TOPIC": "customer_registrations",
-    "REGSTREAM_TOPIC_PARTITIONS": "2",
-    "REGSTREAM_TOPIC_REPLICATION": "1",
-    "REGSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:9092",
-    "REGSTREAM_WINDOW": "1 minute",
-    "REGSTREAM_LATENESS": "7 days",
-    "REGSTREAM_TRIGGER": "1 second",
-    "REGSTREAM_PROGRESS_RETENTION_DAYS": "7",
-    "REGSTREAM_GAP_MAX_WAIT_S": "0",
-    "REGSTREAM_MAX_PUBLISH_DELAY_S": "60",
-    "REGSTREAM_MAX_STREAM_DELAY_S": "60",
-    "REGSTREAM_SPARK_SHUFFLE_PARTITIONS": "2",
-    "REGSTREAM_SPARK_DRIVER_MEMORY": "2g",
-    # reconcile_counts: windows younger than this (end to now, seconds) are still settling
-    "REGSTREAM_RECONCILE_SETTLE_S": "120",
-    "REGSTREAM_RECONCILE_SCHEDULE": "*/5 * * * *",
-}
 TOPIC = DEFAULTS["REGSTREAM_TOPIC"]
+
+# Before the REGSTREAM_* settings reached the programs, these stackctl variables set the same
+# values; still read, when the REGSTREAM_* variable is unset.
+LEGACY_ALIASES = {
+    "REG_SPARK_SHUFFLE_PARTITIONS": "REGSTREAM_SPARK_SHUFFLE_PARTITIONS",
+    "REG_SPARK_DRIVER_MEMORY": "REGSTREAM_SPARK_DRIVER_MEMORY",
+    "REG_TOPIC_PARTITIONS": "REGSTREAM_TOPIC_PARTITIONS",
+}
 
 # MySQL roles: each Airflow connection id maps to one of them.
 ROLES = {
@@ -108,20 +97,32 @@ ROLES = {
 }
 
 
-def setting(name: str) -> str:
-    """A platform setting: the environment's value, else its default."""
-    return os.environ.get(name, "").strip() or DEFAULTS[name]
+def env_int(name: str, default: int) -> int:
+    """An integer REG_* variable of the stack (ports, sizes), else `default`."""
+    return regstream_settings.env_int(name, default)
 
 
-def env_int(name: str, default: int | None = None) -> int:
-    """An integer from the environment (else `default`, else DEFAULTS), or a clear error."""
-    raw = os.environ.get(name, "").strip()
-    if raw == "":
-        return default if default is not None else int(DEFAULTS[name])
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} must be an integer") from None
+# The REG_* variable that overrides each field of Settings (profile, executor and
+# kafka_nodes come from the profile alone). `stackctl exec` rebuilds a program's Settings
+# from them (services.settings_env), so this is the one list.
+ENV_VARS: dict[str, str] = {
+    "state": "REG_STATE_DIR",
+    "mysql_port": "REG_MYSQL_PORT",
+    "kafka_port": "REG_KAFKA_PORT",
+    "kafka_controller_port": "REG_KAFKA_CONTROLLER_PORT",
+    "airflow_port": "REG_AIRFLOW_PORT",
+    "airflow_parallelism": "REG_AIRFLOW_PARALLELISM",
+    "airflow_api_workers": "REG_AIRFLOW_API_WORKERS",
+    "pg_port": "REG_PG_PORT",
+    "kafka_heap_mb": "REG_KAFKA_HEAP_MB",
+    "spark_master": "REG_SPARK_MASTER",
+    "celery_workers": "REG_CELERY_WORKERS",
+    "spark_workers": "REG_SPARK_WORKERS",
+    "spark_master_port": "REG_SPARK_MASTER_PORT",
+    "spark_master_ui": "REG_SPARK_MASTER_UI_PORT",
+    "redis_port": "REG_REDIS_PORT",
+    "spark_worker_memory": "REG_SPARK_WORKER_MEMORY",
+}
 
 
 @dataclass(frozen=True)
@@ -136,10 +137,7 @@ class Settings:
     airflow_api_workers: int
     pg_port: int
     kafka_heap_mb: int
-    spark_shuffle_partitions: int
-    spark_driver_memory: str
     spark_master: str
-    topic_partitions: int
     kafka_nodes: int
     executor: str
     celery_workers: int
@@ -217,37 +215,29 @@ def load(profile: str | None = None) -> Settings:
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile {profile!r}: use one of {sorted(PROFILES)}")
     p = PROFILES[profile]
-    state = Path(os.environ.get("REG_STATE_DIR", ROOT / ".state")).resolve()
+    v = ENV_VARS
+    state = Path(os.environ.get(v["state"], ROOT / ".state")).resolve()
     master = f"spark://127.0.0.1:{p.spark_master_port}" if p.spark_workers else "local[2]"
     return Settings(
         profile=profile,
         state=state,
-        mysql_port=env_int("REG_MYSQL_PORT", p.mysql),
-        kafka_port=env_int("REG_KAFKA_PORT", p.kafka),
-        kafka_controller_port=env_int("REG_KAFKA_CONTROLLER_PORT", p.controller),
-        airflow_port=env_int("REG_AIRFLOW_PORT", p.airflow),
-        airflow_parallelism=env_int("REG_AIRFLOW_PARALLELISM", 4),
-        airflow_api_workers=env_int("REG_AIRFLOW_API_WORKERS", 2),
-        pg_port=env_int("REG_PG_PORT", p.pg),
-        kafka_heap_mb=env_int("REG_KAFKA_HEAP_MB", 512 if p.kafka_nodes == 1 else 384),
-        spark_shuffle_partitions=env_int(
-            "REG_SPARK_SHUFFLE_PARTITIONS", int(DEFAULTS["REGSTREAM_SPARK_SHUFFLE_PARTITIONS"])
-        ),
-        spark_driver_memory=os.environ.get(
-            "REG_SPARK_DRIVER_MEMORY", DEFAULTS["REGSTREAM_SPARK_DRIVER_MEMORY"]
-        ),
-        spark_master=os.environ.get("REG_SPARK_MASTER", master),
-        topic_partitions=env_int(
-            "REG_TOPIC_PARTITIONS", int(DEFAULTS["REGSTREAM_TOPIC_PARTITIONS"])
-        ),
+        mysql_port=env_int(v["mysql_port"], p.mysql),
+        kafka_port=env_int(v["kafka_port"], p.kafka),
+        kafka_controller_port=env_int(v["kafka_controller_port"], p.controller),
+        airflow_port=env_int(v["airflow_port"], p.airflow),
+        airflow_parallelism=env_int(v["airflow_parallelism"], 4),
+        airflow_api_workers=env_int(v["airflow_api_workers"], 2),
+        pg_port=env_int(v["pg_port"], p.pg),
+        kafka_heap_mb=env_int(v["kafka_heap_mb"], 512 if p.kafka_nodes == 1 else 384),
+        spark_master=os.environ.get(v["spark_master"], master),
         kafka_nodes=p.kafka_nodes,
         executor=p.executor,
-        celery_workers=env_int("REG_CELERY_WORKERS", p.celery_workers),
-        spark_workers=env_int("REG_SPARK_WORKERS", p.spark_workers),
-        spark_master_port=env_int("REG_SPARK_MASTER_PORT", p.spark_master_port),
-        spark_master_ui=env_int("REG_SPARK_MASTER_UI_PORT", p.spark_master_ui),
-        redis_port=env_int("REG_REDIS_PORT", p.redis),
-        spark_worker_memory=os.environ.get("REG_SPARK_WORKER_MEMORY", "1g"),
+        celery_workers=env_int(v["celery_workers"], p.celery_workers),
+        spark_workers=env_int(v["spark_workers"], p.spark_workers),
+        spark_master_port=env_int(v["spark_master_port"], p.spark_master_port),
+        spark_master_ui=env_int(v["spark_master_ui"], p.spark_master_ui),
+        redis_port=env_int(v["redis_port"], p.redis),
+        spark_worker_memory=os.environ.get(v["spark_worker_memory"], "1g"),
     )
 
 
@@ -318,38 +308,51 @@ def mysql_conn_json(s: Settings, role: str, database: str = DATABASE) -> str:
     )
 
 
+def platform_settings_env(s: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Every REGSTREAM_* setting for the programs: the user's value wherever one is set (in
+    `environ`, default os.environ), else what this profile derives from its ports and paths,
+    else the default of regstream.settings. Checked, so a bad value fails `up` at once."""
+    env = dict(os.environ if environ is None else environ)
+    for legacy, name in LEGACY_ALIASES.items():
+        if env.get(legacy, "").strip() and not env.get(name, "").strip():
+            env[name] = env[legacy]
+    derived = {
+        "REGSTREAM_TOPIC_REPLICATION": str(min(3, s.kafka_nodes)),
+        "REGSTREAM_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+    }
+    if s.spark_workers:
+        derived["REGSTREAM_SPARK_EXECUTOR_MEMORY"] = "512m"
+        derived["REGSTREAM_SPARK_CORES_MAX"] = str(s.spark_workers)
+    for name, value in derived.items():
+        if not env.get(name, "").strip():
+            env[name] = value
+    out = regstream_settings.load(env).env()
+    out = {k: v for k, v in out.items() if v != ""}  # blank optional: Spark's own default
+    out["REGSTREAM_STATE_DIR"] = env.get("REGSTREAM_STATE_DIR", "").strip() or str(s.run)
+    out["REGSTREAM_SPARK_JARS"] = env.get("REGSTREAM_SPARK_JARS", "").strip() or ",".join(
+        str(p) for p in spark_kafka_jars(s)
+    )
+    return out
+
+
 def connection_env(s: Settings) -> dict[str, str]:
     """AIRFLOW_CONN_* variables (JSON form) and the package settings for tasks and tests."""
     import json
 
+    platform = platform_settings_env(s)
     env: dict[str, str] = {}
     for role in ROLES:
         env[f"AIRFLOW_CONN_MYSQL_{role.upper()}"] = mysql_conn_json(s, role)
     env["AIRFLOW_CONN_KAFKA_DEFAULT"] = json.dumps(
         {
             "conn_type": "kafka",
-            "extra": {"bootstrap.servers": s.kafka_bootstrap},
+            "extra": {"bootstrap.servers": platform["REGSTREAM_KAFKA_BOOTSTRAP"]},
         }
     )
     env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps(
         {"conn_type": "spark", "host": s.spark_master, "extra": {"deploy-mode": "client"}}
     )
-    env.update({k: setting(k) for k in DEFAULTS})  # REGSTREAM_* set by the user win
-    env.update(
-        {
-            "REGSTREAM_TOPIC": TOPIC,
-            "REGSTREAM_TOPIC_PARTITIONS": str(s.topic_partitions),
-            "REGSTREAM_TOPIC_REPLICATION": str(min(3, s.kafka_nodes)),
-            "REGSTREAM_STATE_DIR": str(s.run),
-            "REGSTREAM_SPARK_JARS": ",".join(str(p) for p in spark_kafka_jars(s)),
-            "REGSTREAM_SPARK_SHUFFLE_PARTITIONS": str(s.spark_shuffle_partitions),
-            "REGSTREAM_SPARK_DRIVER_MEMORY": s.spark_driver_memory,
-            "REGSTREAM_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-        }
-    )
-    if s.spark_workers:
-        env["REGSTREAM_SPARK_EXECUTOR_MEMORY"] = "512m"
-        env["REGSTREAM_SPARK_CORES_MAX"] = str(s.spark_workers)
+    env.update(platform)
     return env
 
 

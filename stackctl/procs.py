@@ -4,7 +4,7 @@ benchmarks need (parent, state, group, command line, open files)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Set
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -71,3 +71,73 @@ def kib(name: str, key: str) -> int:
     OSError once the process is gone."""
     with open(PROC / name) as fh:
         return next((int(line.split()[1]) for line in fh if line.startswith(f"{key}:")), 0)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not; another user's process does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return stat_fields(pid)[0] != "Z"
+    except OSError:
+        return False
+
+
+def ancestors(pid: int | None = None) -> set[int]:
+    """`pid` (default: this process) and every process above it, below init."""
+    out, pid = set(), os.getpid() if pid is None else pid
+    while pid > 1:
+        out.add(pid)
+        try:
+            pid = parent_pid(pid)
+        except (OSError, ValueError, IndexError):
+            break
+    return out
+
+
+def in_dir(pid: int, folder: Path) -> bool:
+    """Whether the process's working directory is `folder` or below it."""
+    try:
+        cwd = Path(os.readlink(PROC / str(pid) / "cwd"))
+    except OSError:
+        return False
+    return cwd == folder or folder in cwd.parents
+
+
+def descendants(root: int) -> list[int]:
+    """root and every process below it."""
+    kids: dict[int, list[int]] = {}
+    for pid in all_pids():
+        try:
+            kids.setdefault(parent_pid(pid), []).append(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(kids.get(pid, []))
+    return out
+
+
+def marked(env_mark: str, folder: Path, groups: Set[int] = frozenset()) -> list[int]:
+    """Every live process (but this one and its ancestors) with `env_mark` ("NAME=value") in
+    its environment, its working directory under `folder`, or its group in `groups`."""
+    needle = env_mark.encode() + b"\0"
+    spare = ancestors()  # never the caller's own shell, whatever its working directory
+    pids = []
+    for pid in all_pids():
+        if pid in spare:
+            continue
+        try:
+            env = (PROC / str(pid) / "environ").read_bytes()
+            pgid = int(stat_fields(pid)[2])
+        except (OSError, ValueError, IndexError):
+            continue
+        if (needle in env + b"\0" or pgid in groups or in_dir(pid, folder)) and alive(pid):
+            pids.append(pid)
+    return pids

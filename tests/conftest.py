@@ -64,10 +64,21 @@ def wipe_profile(s: config.Settings) -> None:
     _wiped.add(s.profile)
 
 
+# What the `stack` fixture's os.environ.update replaced: a user's REGSTREAM_* value wins in
+# every profile, so a profile started after this one must not take its bootstrap and paths.
+_env_before: dict[str, str | None] = {}
+
+
 def stop_profile(s: config.Settings) -> None:
     """Stop the profile; a `stack` set up after this starts it from a wiped state again."""
     services.stop_all(s)
     _wiped.discard(s.profile)
+    for name, value in _env_before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _env_before.clear()
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +87,10 @@ def stack(settings: config.Settings) -> Iterator[config.Settings]:
     if settings.profile not in _wiped:
         wipe_profile(settings)
     services.start_data_services(settings)
-    os.environ.update(services.airflow_env(settings))
+    env = services.airflow_env(settings)
+    for name in env:
+        _env_before.setdefault(name, os.environ.get(name))
+    os.environ.update(env)
     yield settings
 
 

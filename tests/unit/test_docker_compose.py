@@ -166,3 +166,35 @@ def test_sql_files_are_numbered_and_idempotent() -> None:
             assert rest.startswith("IF NOT EXISTS") or (
                 kind == "TRIGGER" and f"DROP TRIGGER IF EXISTS {rest.split()[0]}" in text
             ), (f.name, kind, rest)
+
+
+def test_every_platform_setting_defaults_to_the_table_and_yields_to_the_user() -> None:
+    """Each REGSTREAM_* of the table is `${NAME:-default}` in the file, with the default of
+    regstream.settings (or what stackctl derives for the cluster profile)."""
+    from regstream.settings import SPECS
+
+    text = (ROOT / "docker-compose.yaml").read_text()
+    derived = config.platform_settings_env(CLUSTER, {})
+    for spec in SPECS:
+        found = re.findall(rf'^\s+{spec.name}: "\$\{{{spec.name}:-(.*)\}}"$', text, re.M)
+        assert len(found) == 1, spec.name
+        if spec.name != "REGSTREAM_KAFKA_BOOTSTRAP":  # host names of compose, by design
+            assert found[0] == derived.get(spec.name, ""), spec.name
+
+
+def test_a_value_in_env_reaches_every_airflow_service(tmp_path, env_values) -> None:
+    env_file = tmp_path / "user.env"
+    user = {"REGSTREAM_WINDOW": "5 minutes", "REGSTREAM_TOPIC_REPLICATION": "2"}
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in {**env_values, **user}.items()))
+    res = subprocess.run(
+        ["docker-compose", "--env-file", str(env_file), "-f", "docker-compose.yaml", "config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    airflow = {n: s for n, s in yaml.safe_load(res.stdout)["services"].items() if "airflow" in n}
+    assert airflow
+    for name, svc in airflow.items():
+        for key, value in user.items():
+            assert str(svc["environment"][key]) == value, (name, key)

@@ -162,3 +162,70 @@ def test_status_shows_each_kafka_node_on_its_own_bootstrap_ports() -> None:
     brokers = [kafka[f"kafka-{n}"].split(",")[0] for n in (1, 2, 3)]
     assert [f"127.0.0.1:{port}" for port in brokers] == s.kafka_bootstrap.split(",")
     assert len({p for v in kafka.values() for p in v.split(",")}) == 6
+
+
+def test_a_users_platform_settings_win_in_every_profile(monkeypatch) -> None:
+    from regstream.settings import DEFAULTS
+
+    user = {
+        "REGSTREAM_TOPIC": "my_topic",
+        "REGSTREAM_TOPIC_REPLICATION": "2",
+        "REGSTREAM_KAFKA_BOOTSTRAP": "broker.example:9092",
+        "REGSTREAM_WINDOW": "5 minutes",
+        "REGSTREAM_STATE_DIR": "/srv/regstream",
+    }
+    for name, value in user.items():
+        monkeypatch.setenv(name, value)
+    for profile in config.PROFILES:
+        env = config.connection_env(config.load(profile))
+        for name, value in user.items():
+            assert env[name] == value, (profile, name)
+        assert set(DEFAULTS) - {
+            "REGSTREAM_SPARK_EXECUTOR_MEMORY",
+            "REGSTREAM_SPARK_CORES_MAX",
+        } <= set(env)
+        assert "broker.example:9092" in env["AIRFLOW_CONN_KAFKA_DEFAULT"]
+
+
+def test_stackctl_derives_bootstrap_and_replication_only_when_unset(monkeypatch) -> None:
+    for name in ("REGSTREAM_KAFKA_BOOTSTRAP", "REGSTREAM_TOPIC_REPLICATION"):
+        monkeypatch.delenv(name, raising=False)
+    cluster = config.load("cluster")
+    env = config.connection_env(cluster)
+    assert env["REGSTREAM_KAFKA_BOOTSTRAP"] == cluster.kafka_bootstrap
+    assert env["REGSTREAM_TOPIC_REPLICATION"] == "3"
+    assert env["REGSTREAM_STATE_DIR"] == str(cluster.run)
+
+
+def test_a_bad_platform_setting_fails_before_anything_starts(monkeypatch) -> None:
+    monkeypatch.setenv("REGSTREAM_WINDOW", "5 mins please")
+    with pytest.raises(ValueError, match="REGSTREAM_WINDOW"):
+        config.connection_env(config.load("test"))
+
+
+def test_supervisord_gets_the_platform_settings_but_no_secret(monkeypatch) -> None:
+    monkeypatch.setenv("REGSTREAM_WINDOW", "5 minutes")
+    monkeypatch.setenv("REG_MYSQL_PORT", "3999")
+    monkeypatch.setenv("MYSQL_PWD", "hunter2")
+    monkeypatch.setenv("AIRFLOW_CONN_X", "mysql://a:b@c")
+    env = services.base_env(config.load("test"))
+    assert env["REGSTREAM_WINDOW"] == "5 minutes"
+    assert not {"REG_MYSQL_PORT", "MYSQL_PWD", "AIRFLOW_CONN_X"} & set(env)
+
+
+def test_settings_env_rebuilds_every_field_of_the_profile(monkeypatch) -> None:
+    """config.ENV_VARS is the one list: every settable field is in it and read from it."""
+    fixed = {"profile", "executor", "kafka_nodes"}
+    fields = {f.name for f in dataclasses.fields(config.Settings)}
+    assert set(config.ENV_VARS) == fields - fixed
+    base = config.load("test")
+    for n, (field, var) in enumerate(config.ENV_VARS.items()):
+        value = getattr(base, field)
+        new = f"/tmp/st{n}" if field == "state" else value + 7 if isinstance(value, int) else "x"
+        monkeypatch.setenv(var, str(new))
+    changed = config.load("test")
+    for field in config.ENV_VARS:
+        assert getattr(changed, field) != getattr(base, field), field
+    for var, value in services.settings_env(changed).items():
+        monkeypatch.setenv(var, value)
+    assert config.load("test") == changed
