@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,9 +45,8 @@ __all__ += ["rollup_seconds", "series", "csv_rows"]
 log = logging.getLogger(__name__)
 
 # The most rows (windows) one CSV download may hold; a wider range gets a 413 that says how
-# to narrow it. Read from the environment at each request (not yet in settings.py).
+# to narrow it. Read at each request; its default is in the settings table.
 CSV_MAX_ROWS_ENV = "REGSTREAM_CSV_MAX_ROWS"
-CSV_MAX_ROWS_DEFAULT = 100_000
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE = STATIC / "liveview.html"
 # what /static/ serves (nothing else): the page's script and style, and the vendored uPlot
@@ -206,14 +204,8 @@ def api_counts(
 
 
 def csv_max_rows() -> int:
-    raw = os.environ.get(CSV_MAX_ROWS_ENV, "").strip()
-    try:
-        value = int(raw) if raw else CSV_MAX_ROWS_DEFAULT
-    except ValueError:
-        raise ValueError(f"{CSV_MAX_ROWS_ENV}={raw!r}: must be a whole number of rows") from None
-    if value < 1:
-        raise ValueError(f"{CSV_MAX_ROWS_ENV}={raw!r}: must be at least 1")
-    return value
+    """REGSTREAM_CSV_MAX_ROWS, read per request (the settings table holds its default)."""
+    return settings.env_int(CSV_MAX_ROWS_ENV)
 
 
 def csv_rows(result: dict[str, Any]) -> list[list[str]]:

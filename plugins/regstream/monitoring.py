@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from regstream import settings
 from regstream.db import named_queries
 from regstream.watermark import gaps_from_json
 
@@ -176,7 +177,7 @@ def fmt_duration(seconds: float) -> str:
 
 VERDICTS = {"ok": "Healthy", "warn": "Attention", "bad": "Problem"}
 # the reconciliation runs every 5 minutes by default: three missed runs is stale
-RECONCILE_STALE_S = 900
+# (REGSTREAM_RECONCILE_STALE_S, 900 by default)
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,7 @@ def _reconcile_card(recon: dict[str, Any] | None, now_age_s: float | None) -> Ca
             f"{differ} of {recon['windows_checked']} windows differ from the source; {ago}",
             rule,
         )
-    stale = (now_age_s or 0) > RECONCILE_STALE_S
+    stale = (now_age_s or 0) > settings.reconcile_stale_s()
     return Card(
         "reconciliation",
         "Reconciliation",

@@ -95,7 +95,10 @@ SPECS: tuple[Spec, ...] = (
          "cron schedule of the reconcile DAG", "reconcile DAG", 0),
     Spec("REGSTREAM_RECONCILE_STALE_S", "900", "int",
          "health: the last reconciliation is stale when older than this many seconds",
-         "monitoring (RECONCILE_STALE_S)", 1),
+         "monitoring (health cards)", 1),
+    Spec("REGSTREAM_CSV_MAX_ROWS", "100000", "int",
+         "most windows one CSV download of the live view may hold (more: 413)",
+         "live view (API server)", 1),
 )  # fmt: skip
 SPEC_BY_NAME: dict[str, Spec] = {spec.name: spec for spec in SPECS}
 DEFAULTS: dict[str, str] = {spec.name: spec.default for spec in SPECS}
@@ -127,6 +130,7 @@ class Settings:
     reconcile_settle_s: int
     reconcile_schedule: str
     reconcile_stale_s: int
+    csv_max_rows: int
 
     @property
     def window_seconds(self) -> int:

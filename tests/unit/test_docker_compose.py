@@ -182,6 +182,7 @@ def test_every_platform_setting_defaults_to_the_table_and_yields_to_the_user() -
             assert found[0] == derived.get(spec.name, ""), spec.name
 
 
+@pytest.mark.tools
 def test_a_value_in_env_reaches_every_airflow_service(tmp_path, env_values) -> None:
     env_file = tmp_path / "user.env"
     user = {"REGSTREAM_WINDOW": "5 minutes", "REGSTREAM_TOPIC_REPLICATION": "2"}
