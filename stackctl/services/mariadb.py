@@ -124,7 +124,7 @@ LOCAL_ACCOUNT_HOST = "127.0.0.1"
 
 def apply_schema(s: Settings, database: str = DATABASE) -> None:
     """Create the database and run sql/ in order, then create each role's account (password
-    from secrets, loopback only) and give it the role that sql/50_grants.sql defined."""
+    from secrets, loopback only) and give it the role that the grants files (sql/5x_*_grants.sql) defined."""
     pw = secrets_for(s)
     mysql_cli(s, f"CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4")
     for path in sql_files():
