@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from regstream import settings
+from regstream.intervals import interval_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,8 @@ def test_every_default_is_valid_and_round_trips() -> None:
     assert s == settings.defaults()
     assert {k: v for k, v in s.env().items()} == settings.DEFAULTS
     assert settings.load(s.env()) == s
-    assert s.window_seconds == 60 and s.lateness_seconds == 7 * 86400
+    assert s.window_seconds == interval_seconds(settings.DEFAULTS["REGSTREAM_WINDOW"])
+    assert s.lateness_seconds == interval_seconds(settings.DEFAULTS["REGSTREAM_LATENESS"])
 
 
 def test_every_setting_is_read_from_its_variable() -> None:
@@ -47,7 +49,7 @@ def test_every_setting_is_read_from_its_variable() -> None:
 
 
 def test_blank_means_the_default() -> None:
-    assert settings.load({"REGSTREAM_WINDOW": "  "}).window == "1 minute"
+    assert settings.load({"REGSTREAM_WINDOW": "  "}).window == settings.DEFAULTS["REGSTREAM_WINDOW"]
 
 
 @pytest.mark.parametrize(
@@ -81,7 +83,7 @@ def test_the_functions_tasks_call_read_the_environment_now(
     assert settings.gap_max_wait_s() == int(NON_DEFAULTS["REGSTREAM_GAP_MAX_WAIT_S"])
     assert settings.reconcile_stale_s() == int(NON_DEFAULTS["REGSTREAM_RECONCILE_STALE_S"])
     args = settings.stream_job_args(Path("/cp"))
-    assert args[args.index("--window") + 1] == "5 minutes"
+    assert args[args.index("--window") + 1] == NON_DEFAULTS["REGSTREAM_WINDOW"]
     conf = settings.spark_submit_conf()
     assert conf["spark.executor.memory"] == NON_DEFAULTS["REGSTREAM_SPARK_EXECUTOR_MEMORY"]
     monkeypatch.setenv("REGSTREAM_TOPIC_PARTITIONS", "x")
