@@ -84,6 +84,7 @@ def test_installed_pyspark_is_the_pinned_version() -> None:
     assert version("pyspark-client") == pinned
 
 
+@pytest.mark.tools  # reads the connector jars `make test` fetches from Maven Central
 def test_spark_kafka_connector_matches_pyspark() -> None:
     import pyspark
 
