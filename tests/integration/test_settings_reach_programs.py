@@ -14,29 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from regstream import settings as platform
 
 from stackctl import config, services, supervisor
 from tests.conftest import stop_profile, wipe_profile
+from tests.support.settings_values import NON_DEFAULTS
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _non_default(spec: platform.Spec) -> str:
-    if spec.kind == "int":
-        return str(int(spec.default or "1") + 3)
-    if spec.kind == "interval":
-        return "5 minutes" if spec.default != "5 minutes" else "2 minutes"
-    if spec.kind == "memory":
-        return "1g" if spec.default != "1g" else "3g"
-    if spec.kind == "cron":
-        return "*/7 * * * *"
-    return f"{spec.default}_custom"
-
-
-USER = {spec.name: _non_default(spec) for spec in platform.SPECS}
+USER = NON_DEFAULTS
 
 
 def _environ(pid: int) -> dict[str, str]:
