@@ -3,15 +3,21 @@ runs with Python alone; `make test` runs the pure tier first, then the rest (-m 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 # Fixtures that run an installed binary: `resolved` is docker-compose's own parser.
 TOOL_FIXTURES = {"resolved"}
+UNIT = Path(__file__).resolve().parent
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        # pytest hands this hook every item of the session, not only this folder's
+        if UNIT not in Path(str(item.path)).parents:
+            continue
         # A test that takes a local SparkSession needs the JVM.
         fixtures = getattr(item, "fixturenames", ())
         if "spark" in fixtures:

@@ -207,7 +207,7 @@ def test_counts_per_store_per_tumbling_window_bad_rows_never(spark) -> None:
         event(2, create_date="2026-11-20T09:00:59Z"),
         event(3, create_date="2026-11-20T09:01:00Z"),
         event(4, create_date="2026-11-20T09:00:30Z", store_id=2),
-        event(5, create_date="2026-11-20T09:00:30Z", schema_version=2),  # quarantined
+        event(5, create_date="2026-11-20T09:00:30Z", schema_version=99),  # no schema: quarantined
         b"not json",
     ]
     assert counts(spark, values) == {
