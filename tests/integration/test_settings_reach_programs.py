@@ -43,8 +43,10 @@ def _environ(pid: int) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def started(settings: config.Settings) -> Iterator[config.Settings]:
-    """The test profile's Airflow under supervisord, started with the user's settings."""
+def started(stack: config.Settings) -> Iterator[config.Settings]:
+    """The test profile's Airflow under supervisord, started with the user's settings; then
+    the session's data services again, as the `stack` fixture left them for later tests."""
+    settings = stack
     wipe_profile(settings)
     saved = {name: os.environ.get(name) for name in USER}
     os.environ.update(USER)
@@ -58,7 +60,10 @@ def started(settings: config.Settings) -> Iterator[config.Settings]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        stop_profile(settings)  # the next `stack` starts from a wiped state, default settings
+        stop_profile(settings)
+        wipe_profile(settings)
+        services.start_data_services(settings)
+        os.environ.update(services.airflow_env(settings))
 
 
 def test_every_setting_reaches_every_airflow_program_unchanged(started) -> None:
