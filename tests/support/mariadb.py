@@ -47,7 +47,7 @@ SOURCE_SQL = (
     "11_customer_create_date.sql",
     "50_source_grants.sql",
 )
-SINK_SQL = ("20_stream.sql", "30_reconcile.sql", "51_sink_grants.sql")
+SINK_SQL = ("20_stream.sql", "30_analysts.sql", "30_reconcile.sql", "51_sink_grants.sql")
 # The roles whose accounts live on each side (the reader and reconcile roles are on both), and
 # the connection id each is reached through there (regstream.connections).
 SOURCE_CONNS = {
