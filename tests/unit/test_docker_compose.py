@@ -40,8 +40,12 @@ def env_values(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def resolved(tmp_path_factory, env_values) -> dict:
-    env_file = tmp_path_factory.mktemp("compose") / "test.env"
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in env_values.items()))
+    return compose_services(tmp_path_factory.mktemp("compose") / "test.env", env_values)
+
+
+def compose_services(env_file: Path, values: dict[str, str]) -> dict:
+    """The services as docker-compose's own parser resolves them with `values` in .env."""
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     res = subprocess.run(
         ["docker-compose", "--env-file", str(env_file), "-f", "docker-compose.yaml", "config"],
         cwd=ROOT,
@@ -196,17 +200,9 @@ def test_every_platform_setting_defaults_to_the_table_and_yields_to_the_user() -
 
 @pytest.mark.tools
 def test_a_value_in_env_reaches_every_airflow_service(tmp_path, env_values) -> None:
-    env_file = tmp_path / "user.env"
     user = {"REGSTREAM_WINDOW": "5 minutes", "REGSTREAM_TOPIC_REPLICATION": "2"}
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in {**env_values, **user}.items()))
-    res = subprocess.run(
-        ["docker-compose", "--env-file", str(env_file), "-f", "docker-compose.yaml", "config"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert res.returncode == 0, res.stderr
-    airflow = {n: s for n, s in yaml.safe_load(res.stdout)["services"].items() if "airflow" in n}
+    services_ = compose_services(tmp_path / "user.env", {**env_values, **user})
+    airflow = {n: s for n, s in services_.items() if "airflow" in n}
     assert airflow
     for name, svc in airflow.items():
         for key, value in user.items():
