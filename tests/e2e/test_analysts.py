@@ -94,7 +94,7 @@ def test_the_notebook_shows_the_ground_truth(stack, platform, ingest_paused, tmp
 
     cur = root_conn(stack, DB).cursor()
     now = db_now(cur)
-    start = (now - timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
+    start = (now - timedelta(days=4)).replace(minute=0, second=0, microsecond=0)
     end = start + timedelta(hours=3)
     known_ingest(cur, start)
     counts_match(stack, 300)
