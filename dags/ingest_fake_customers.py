@@ -20,7 +20,6 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
-from regstream.assets import REGISTRATIONS
 from regstream.ingest import DEFAULT_CUSTOMERS_PER_RUN, MAX_CUSTOMERS_PER_RUN
 from regstream.settings import MYSQL_INGEST_CONN_ID
 
@@ -49,7 +48,7 @@ from regstream.settings import MYSQL_INGEST_CONN_ID
     tags=["regstream", "ingest"],
 )
 def ingest_fake_customers() -> None:
-    @task(outlets=[REGISTRATIONS])
+    @task
     def insert_fake_customers(
         params: dict | None = None,
         data_interval_start: datetime | None = None,

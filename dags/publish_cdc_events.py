@@ -1,21 +1,24 @@
 """
 ### Publish CDC events
 
-Publishes the rows of `users_change_events` above the CDC watermark to the Kafka topic in one
-Kafka transaction together with the new CDC watermark (written to the compacted
-`<topic>-publisher-state` topic), then copies the watermark to `latest_cdc_timestamp`. A
-publisher killed before the commit leaves nothing a `read_committed` reader sees; the next run
-aborts its transaction and sends the events once.
+One long-running task publishes the rows of `users_change_events` above the CDC watermark to
+the Kafka topic. It probes MySQL every 100 ms (`REGSTREAM_PUBLISH_PROBE_MS`; two primary-key
+lookups) and sends each batch of new rows in one Kafka transaction together with the new
+watermark (in the compacted `<topic>-publisher-state` topic), then copies the watermark to
+`latest_cdc_timestamp`. Idle, it sends nothing. A publisher killed before a commit leaves
+nothing a `read_committed` reader sees; the next one aborts that transaction when it starts
+and sends the events once. Rows of any writer are published, not only the ingest DAG's.
 
-**Event-driven**: the asset `users_change_events_unpublished` has a watcher whose trigger runs
-in the triggerer and probes MySQL twice a second (two primary-key lookups), so a row inserted
-by any writer, not only the ingest DAG, starts this DAG within about a second. At most one run
-is active; rows that arrive during a run are taken by the next. A run every minute is the
-safety net (and settles id gaps of transactions that committed late).
+**Bounded**: the task ends cleanly after an hour (`REGSTREAM_PUBLISH_RUN_S`) and, the DAG
+being `@continuous` with one active run, the next run starts at once: 24 runs a day. Its log
+has one summary line a minute (events, transactions, watermark, capture -> acknowledged
+latency), one line per gap decision and one per error. Kafka or MySQL outages shorter than
+`REGSTREAM_PUBLISH_OUTAGE_S` (5 min) are retried inside the run; longer ones fail the task,
+and its retries back off exponentially (1 s doubling, at most 10 min apart), so a failing
+publisher makes a handful of runs an hour, not thousands.
 
-`publish_new_events` first checks for work and is skipped (no producer created) when nothing is
-new. Task logs show the watermark before and after, events published, partition and offset
-ranges, the backlog left and the time taken.
+Stop it: pause the DAG, then mark the running run failed (Airflow stops the task; its open
+transaction is aborted).
 """
 
 from __future__ import annotations
@@ -23,49 +26,33 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import dag, task
-from airflow.timetables.assets import AssetOrTimeSchedule
-from airflow.timetables.trigger import CronTriggerTimetable
-from regstream.assets import new_cdc_events
-from regstream.settings import KAFKA_CONN_ID, MYSQL_PUBLISHER_CONN_ID
+
+# Worst case with tries that fail at once: 1+2+4+...+128 s of waits per run, about 14 runs
+# an hour (tests/unit/test_dags_and_env.py checks the bound).
+RETRIES = {
+    "retries": 8,
+    "retry_delay": timedelta(seconds=1),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=10),
+}
 
 
 @dag(
     dag_id="publish_cdc_events",
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("* * * * *", timezone="UTC"), assets=[new_cdc_events()]
-    ),
+    schedule="@continuous",
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 3, "retry_delay": timedelta(seconds=15)},
+    default_args=RETRIES,
     doc_md=__doc__,
     tags=["regstream", "cdc"],
 )
 def publish_cdc_events() -> None:
     @task
     def publish_new_events() -> dict:
-        import logging
+        from regstream.publish_loop import run_task
 
-        from airflow.exceptions import AirflowSkipException
-        from regstream.db import connect
-        from regstream.publish import has_work, run_publish
-        from regstream.settings import topic
-
-        conn = connect(MYSQL_PUBLISHER_CONN_ID)
-        try:
-            work, why = has_work(conn, topic())
-        finally:
-            conn.close()
-        logging.getLogger(__name__).info("%s: %s", "publishing" if work else "skipping", why)
-        if not work:
-            raise AirflowSkipException(why)
-        r = run_publish(MYSQL_PUBLISHER_CONN_ID, KAFKA_CONN_ID)
-        return {
-            "published": r.published,
-            "watermark_before": r.before.last_event_id,
-            "watermark_after": r.after.last_event_id,
-            "backlog": r.backlog,
-        }
+        return run_task()
 
     publish_new_events()
 

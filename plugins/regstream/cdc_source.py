@@ -139,6 +139,15 @@ class MySqlEvents:
             self._one(f"SELECT COUNT(*) FROM {EVENT_TABLE} WHERE event_id > %s", (above,))[0]
         )
 
+    def newest_and_watermark(self, pipeline: str) -> tuple[int, int]:
+        """(highest event id, the MySQL copy of the watermark): two primary-key lookups."""
+        newest, mirror = self._one(
+            f"SELECT (SELECT MAX(event_id) FROM {EVENT_TABLE}), "
+            f"(SELECT last_event_id FROM {WATERMARK_TABLE} WHERE pipeline = %s)",
+            (pipeline,),
+        )
+        return int(newest or 0), int(mirror or 0)
+
     def newest_above(self, above: int, cap: int = 1_000_000) -> tuple[int | None, int]:
         """(newest id, count) of the rows above `above`, counting at most `cap`."""
         newest, count = self._one(

@@ -72,10 +72,13 @@ def connection_settings(kafka_conn_id: str) -> dict[str, Any]:
 
 
 # How long an open transaction of a publisher that died may hold back read_committed
-# consumers before the broker aborts it (the next publisher of the topic aborts it at once).
-# Well above a run's flush and commit timeouts (60 s each): a slow run of 2M events must not
-# be aborted by the broker, then retried at the same size forever.
-TRANSACTION_TIMEOUT_MS = 300_000
+# consumers before the broker aborts it (a restarted publisher aborts it at once, when it
+# registers). Short, because each transaction is bounded (REGSTREAM_PUBLISH_TXN_MAX_EVENTS and
+# _MAX_S): a catch-up is many short transactions, never one the broker would abort.
+def transaction_timeout_ms() -> int:
+    from regstream import settings
+
+    return 1000 * settings.env_int("REGSTREAM_PUBLISH_TXN_TIMEOUT_S")
 
 
 def transactional_id(topic: str) -> str:
@@ -96,7 +99,7 @@ def make_producer(settings: Mapping[str, Any], topic: str) -> Any:
         {
             **producer_config(settings),
             "transactional.id": transactional_id(topic),
-            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+            "transaction.timeout.ms": transaction_timeout_ms(),
         }
     )
 

@@ -28,6 +28,7 @@ This module wires them: `publish_events()` is one run, `run_publish()` the Airfl
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
@@ -99,10 +100,16 @@ class Acked:
     offsets: dict[int, tuple[int, int]]
 
 
-def messages(batches: Iterable[list[Row]], run: Run) -> Iterator[tuple[bytes, bytes]]:
-    """(key, value) of every row read, in id order; the run sees each batch's ids first."""
+def messages(
+    batches: Iterable[list[Row]], run: Run, deadline: float | None = None
+) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of every row read, in id order; the run sees each batch's ids first.
+    Past `deadline` (time.monotonic) it stops at a batch boundary and tells the run so."""
     keys: dict[int, bytes] = {}
     for batch in batches:
+        if deadline is not None and run.rows and time.monotonic() > deadline:
+            run.cut()
+            return
         run.see([row[0] for row in batch])
         for _, store_id, value in batch:
             key = keys.get(store_id)
@@ -118,15 +125,19 @@ def publish_events(
     *,
     bootstrap: str = "?",
     max_events: int = 2_000_000,
+    max_seconds: float | None = None,
     flush_timeout: float = 60.0,
     gap_max_wait_s: float | None = None,
     clock: Callable[[], float] = time.time,
     on_acked: Callable[[Acked], None] | None = None,
+    check_schema: bool = True,
 ) -> PublishResult:
-    """One publish run; `out` is the topic's transactional producer (kafka_io.Transactions)."""
+    """One publish run (one Kafka transaction of at most `max_events` events, read for at most
+    `max_seconds`); `out` is the topic's transactional producer (kafka_io.Transactions)."""
     t0 = time.monotonic()
     max_wait = settings.gap_max_wait_s() if gap_max_wait_s is None else gap_max_wait_s
-    events.check_schema()
+    if check_schema:
+        events.check_schema()
     lock = f"regstream_publish:{topic}"
     if not events.try_lock(lock):
         raise PublisherBusy(
@@ -139,12 +150,13 @@ def publish_events(
         # The watermark committed with the events wins; the MySQL copy is for the gate and
         # the monitoring, and the only source before the first transactional run.
         before = out.read_state() or mirror
+        deadline = None if max_seconds is None else t0 + max_seconds
         decision, offsets, sent = _transaction(
             events,
             out,
             topic,
             before,
-            max_events,
+            (max_events, deadline),
             flush_timeout,
             bootstrap,
             max_wait,
@@ -172,7 +184,7 @@ def _transaction(
     out: Transactions,
     topic: str,
     before: Watermark,
-    max_events: int,
+    bound: tuple[int, float | None],
     flush_timeout: float,
     bootstrap: str,
     max_wait: float,
@@ -180,9 +192,11 @@ def _transaction(
     on_acked: Callable[[Acked], None] | None,
 ) -> tuple[Decision, dict[int, tuple[int, int]], int]:
     """Read, produce and commit the events above `before` with the new watermark, in one
-    Kafka transaction; aborted (never visible) if anything fails before the commit."""
+    Kafka transaction; aborted (never visible) if anything fails before the commit.
+    `bound`: at most that many events, read until that time.monotonic() deadline."""
+    max_events, deadline = bound
     run = Run(before, events.open_transactions(), max_events)
-    log.info(
+    log.debug(
         "reading events above watermark %d and inside %d gaps (%d ids), at most %d",
         before.last_event_id,
         len(before.gaps),
@@ -194,7 +208,7 @@ def _transaction(
         deliveries = Deliveries()
         read_started = time.monotonic()
         with closing(events.read_events(run.plan)) as batches:
-            sent = produce_all(out.producer, topic, messages(batches, run), deliveries)
+            sent = produce_all(out.producer, topic, messages(batches, run, deadline), deliveries)
         # Transactions open *after* the read: whoever holds a new gap's id is among them or
         # has already ended.
         open_after = events.open_transactions(read_started if run.found_new_gaps else None)
@@ -313,18 +327,35 @@ class HookedPublisher:
             raise
 
     def run(
-        self, max_events: int = 2_000_000, on_acked: Callable[[Acked], None] | None = None
+        self,
+        max_events: int = 2_000_000,
+        on_acked: Callable[[Acked], None] | None = None,
+        max_seconds: float | None = None,
+        quiet: bool = False,
     ) -> PublishResult:
+        """One transaction; `quiet`: no result line (the long-running loop sums them up)."""
         result = publish_events(
             self.events,
             self.out,
             self.topic,
             bootstrap=self.bootstrap,
             max_events=max_events,
+            max_seconds=max_seconds,
             on_acked=on_acked,
+            check_schema=False,  # checked when connecting
         )
-        log_result(result, self.topic)
+        if not quiet:
+            log_result(result, self.topic)
         return result
+
+    def new_rows(self) -> bool:
+        """Rows above the MySQL copy of the watermark? Two primary-key lookups."""
+        newest, mirror = self.events.newest_and_watermark(self.topic)
+        return newest > mirror
+
+    def gaps_ready(self) -> bool:
+        """The full gate, for a watermark with gaps: rows in them, or gaps to settle."""
+        return has_work(self.conn, self.topic)[0]
 
     def close(self) -> None:
         self.conn.close()
@@ -345,42 +376,26 @@ def run_publish(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m regstream.publish [--loop]`: once, or back to back (the most continuous
-    mode, for the lowest latency), with the same connections as the DAG."""
+    """`python -m regstream.publish [--loop]`: one transaction, or the long-running loop of
+    the Airflow task (regstream.publish_loop) until stopped, with the same connections."""
     import argparse
+    import dataclasses
+
+    from regstream.publish_loop import LoopSettings, fault_hook, run_loop
 
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("--loop", action="store_true", help="publish runs back to back until stopped")
-    p.add_argument(
-        "--interval", type=float, default=0.5, help="pause between runs when idle (seconds)"
-    )
+    p.add_argument("--loop", action="store_true", help="publish continuously until stopped")
     p.add_argument("--max-events", type=int, default=2_000_000)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if not args.loop:
         run_publish(max_events=args.max_events)
         return 0
-    import MySQLdb
-
-    from regstream.db import DatabaseUnavailable
-
-    pub: HookedPublisher | None = None
-    while True:
-        try:
-            pub = pub or HookedPublisher()
-            r = pub.run(args.max_events)
-            if r.published == 0:
-                time.sleep(args.interval)
-        except (PublishError, DatabaseUnavailable, PublisherBusy, MySQLdb.Error) as exc:
-            # MySQLdb.Error: MariaDB went away mid-run (the watermark did not move)
-            log.error("publish failed, retrying in 5 s with new connections: %s", exc)
-            if pub is not None:
-                try:
-                    pub.close()
-                except MySQLdb.Error:
-                    pass  # the connection is already gone
-            pub = None
-            time.sleep(5)
+    cfg = LoopSettings.current()
+    if "REGSTREAM_PUBLISH_RUN_S" not in os.environ:
+        cfg = dataclasses.replace(cfg, run_s=float("inf"))
+    run_loop(cfg, on_acked=fault_hook())
+    return 0
 
 
 if __name__ == "__main__":

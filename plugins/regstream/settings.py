@@ -73,6 +73,27 @@ SPECS: tuple[Spec, ...] = (
     Spec("REGSTREAM_GAP_MAX_WAIT_S", "0", "int",
          "seconds the publisher waits for an id gap to fill before skipping it; 0 = forever",
          "publisher", 0),
+    Spec("REGSTREAM_PUBLISH_PROBE_MS", "100", "int",
+         "the long-running publisher probes for new rows (two primary-key lookups) this often",
+         "publisher", 10),
+    Spec("REGSTREAM_PUBLISH_TXN_MAX_EVENTS", "50000", "int",
+         "most events in one Kafka transaction of the publisher (a catch-up is many)",
+         "publisher", 1),
+    Spec("REGSTREAM_PUBLISH_TXN_MAX_S", "5", "int",
+         "the publisher stops reading into a transaction after this many seconds",
+         "publisher", 1),
+    Spec("REGSTREAM_PUBLISH_TXN_TIMEOUT_S", "30", "int",
+         "Kafka transaction.timeout.ms (in s): how long a dead publisher's open transaction "
+         "can hold back readers if no new publisher aborts it", "publisher", 10),
+    Spec("REGSTREAM_PUBLISH_RUN_S", "3600", "int",
+         "a publisher task ends cleanly after this many seconds and the next run starts at "
+         "once (bounds each task log; 24 runs a day)", "publisher", 5),
+    Spec("REGSTREAM_PUBLISH_SUMMARY_S", "60", "int",
+         "the publisher logs one summary line (events, transactions, watermark, latency) "
+         "per this many seconds", "publisher", 1),
+    Spec("REGSTREAM_PUBLISH_OUTAGE_S", "300", "int",
+         "the publisher task fails (Airflow retries it with backoff) after Kafka or MySQL "
+         "has been unreachable this long; shorter outages it rides out", "publisher", 1),
     Spec("REGSTREAM_MAX_PUBLISH_DELAY_S", "60", "int",
          "lag alert: oldest unpublished event older than this many seconds",
          "lag monitor, live view, metrics", 0),
@@ -121,6 +142,13 @@ class Settings:
     trigger: str
     progress_retention_days: int
     gap_max_wait_s: int
+    publish_probe_ms: int
+    publish_txn_max_events: int
+    publish_txn_max_s: int
+    publish_txn_timeout_s: int
+    publish_run_s: int
+    publish_summary_s: int
+    publish_outage_s: int
     max_publish_delay_s: int
     max_stream_delay_s: int
     spark_shuffle_partitions: int

@@ -177,6 +177,7 @@ class Run:
     _seen_in_gaps: list[int] = field(init=False, default_factory=list)
     _new_gaps: list[tuple[int, int]] = field(init=False, default_factory=list)
     _last_seen: int = field(init=False, default=0)
+    _cut: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.top = self.state.last_event_id
@@ -190,6 +191,11 @@ class Run:
     @property
     def found_new_gaps(self) -> bool:
         return bool(self._new_gaps)
+
+    def cut(self) -> None:
+        """The caller stopped reading before the plan's end (its time bound): like a read
+        cut by the limit, it looked only at ids up to the last one it returned."""
+        self._cut = True
 
     def see(self, ids: Sequence[int]) -> None:
         """Ids the plan's read returned, ascending (called batch by batch)."""
@@ -221,7 +227,7 @@ class Run:
         rolled_back: list[tuple[int, int]] = []
         # A read cut by the limit looked only at ids up to the last one it returned: the
         # absence of a higher id proves nothing yet.
-        unread_above = self._last_seen if self.rows >= self.limit else None
+        unread_above = self._last_seen if self.rows >= self.limit or self._cut else None
         for gap, settled in zip(self.state.gaps, self._settled, strict=True):
             still = tuple(sorted(t for t in gap.trx if t in open_trx))
             for a, b in subtract([(gap.first, gap.last)], self._seen_in_gaps):

@@ -43,19 +43,26 @@ def test_ingest_dag_has_data_intervals_and_a_validated_param(dagbag) -> None:
     assert [t.task_id for t in dag.tasks] == ["insert_fake_customers"]
 
 
-def test_publish_dag_is_event_driven_and_serial(dagbag) -> None:
+def runs_per_hour_when_every_try_fails_at_once(args: dict) -> float:
+    """Airflow's exponential backoff waits at least delay * multiplier**(try - 1) (capped)
+    before each retry; a @continuous DAG starts its next run when one has failed."""
+    delay = args["retry_delay"].total_seconds()
+    mult = args.get("retry_exponential_backoff") or 1.0
+    cap = args["max_retry_delay"].total_seconds() if args.get("max_retry_delay") else 1e9
+    waits = sum(min(cap, delay * mult**k) for k in range(args["retries"]))
+    return 3600 / waits
+
+
+def test_publish_dag_is_one_long_running_task_with_bounded_restarts(dagbag) -> None:
     dag = dagbag.dags["publish_cdc_events"]
     assert dag.max_active_runs == 1
+    assert type(dag.timetable).__name__ == "ContinuousTimetable"
     assert [t.task_id for t in dag.tasks] == ["publish_new_events"]
-    timetable = dag.timetable
-    assert type(timetable).__name__ == "AssetOrTimeSchedule"
-    # the asset's watcher: a trigger of ours that the triggerer runs, keyed to the publisher
-    (asset,) = [a for _, a in dag.timetable.asset_condition.iter_assets()]
-    (watcher,) = asset.watchers
-    trigger = watcher.trigger  # as the DAG processor serialised it for the triggerer
-    classpath, kwargs = trigger["classpath"], trigger["kwargs"]
-    assert classpath == "regstream.triggers.NewCdcEventsTrigger"
-    assert kwargs["conn_id"] == "mysql_publisher" and kwargs["poll_interval"] <= 1
+    task = dag.get_task("publish_new_events")
+    args = {k: getattr(task, k) for k in ("retries", "retry_delay", "max_retry_delay")}
+    args["retry_exponential_backoff"] = task.retry_exponential_backoff
+    assert runs_per_hour_when_every_try_fails_at_once(args) <= 30
+    assert task.retry_delay.total_seconds() <= 2  # a killed publisher is back within seconds
 
 
 def test_stream_dag_keeps_one_job_alive(dagbag) -> None:

@@ -111,6 +111,17 @@ def test_a_read_cut_by_the_limit_settles_only_the_ids_it_read() -> None:
     assert d.state.last_event_id == 100
 
 
+def test_a_read_cut_by_time_settles_only_the_ids_it_read() -> None:
+    state = Watermark(100, "c100", (Gap(2, 3, (), 1.0), Gap(50, 50, (), 1.0)))
+    run = Run(state, frozenset(), 1000)
+    run.see([3])
+    run.cut()  # the publisher's time bound stopped the read after this batch
+    d = run.decide(frozenset(), 1000.0, 0, captured_at="c3")
+    assert d.rolled_back == ((2, 2),)
+    assert d.state.gaps == (Gap(50, 50, (), 1.0),)  # above id 3: not read yet
+    assert d.state.last_event_id == 100
+
+
 def test_nothing_to_do_needs_no_write() -> None:
     state = Watermark(9, "c9", (Gap(5, 5, ("a",), 50.0),), 9)
     d = one_run(state, [], before={"a"}, after={"a"})
