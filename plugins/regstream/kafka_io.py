@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from regstream.publish_errors import PublishError
+from regstream.publish_errors import PublisherFenced, PublishError
 from regstream.watermark import Watermark, watermark_from_json, watermark_to_json
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,8 @@ class Transactions:
         try:
             fn(*args)
         except KafkaException as exc:
+            if is_fenced(exc):
+                raise producer_failed(exc, f"{what}, topic {self.topic}") from exc
             raise PublishError(
                 f"Kafka: could not {what} for topic {self.topic} ({exc}); are enough brokers "
                 "up for the transaction coordinator (its log needs min.insync.replicas)? "
@@ -365,10 +367,21 @@ def produce_all(
     return sent
 
 
+FENCED = ("_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH")
+
+
+def is_fenced(exc: BaseException) -> bool:
+    """Did a newer publisher of the transactional id fence this producer?"""
+    err = (exc.args or (None,))[0]
+    name = err.name() if hasattr(err, "name") else ""
+    return name in FENCED or "fenced" in str(exc.__cause__ or exc).lower()
+
+
 def producer_failed(exc: BaseException, where: str) -> PublishError:
     """A fatal error of the transactional producer (SystemError: librdkafka's error raised
-    while a delivery report ran) as a PublishError."""
-    return PublishError(
+    while a delivery report ran) as a PublishError; PublisherFenced when it was fenced."""
+    kind = PublisherFenced if is_fenced(exc) else PublishError
+    return kind(
         f"Kafka ({where}): the transactional producer failed ({exc.__cause__ or exc}): a newer "
         "publisher of the topic fenced it, or the broker refused it; the watermark was not moved"
     )

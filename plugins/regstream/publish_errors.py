@@ -13,3 +13,8 @@ class SchemaMissing(RuntimeError):
 
 class PublisherBusy(RuntimeError):
     """Another publisher holds the lock for this topic."""
+
+
+class PublisherFenced(PublishError):
+    """A newer publisher of the topic registered the transactional id: this one is a zombie
+    and must stop (it can never commit again)."""

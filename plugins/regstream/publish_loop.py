@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 
 from regstream import settings
 from regstream.publish import Acked, HookedPublisher, PublishResult
-from regstream.publish_errors import PublisherBusy, PublishError
+from regstream.publish_errors import PublisherBusy, PublisherFenced, PublishError
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,9 @@ class Loop:
         """Publish one transaction if the gate says so; None when idle."""
         if self.pub is None:
             self.pub = self.connect()
+            # Register at once: a publisher that started earlier (a zombie) is fenced and
+            # stops at its next transaction; its open one is aborted.
+            self.pub.out.fence()
         now = time.monotonic()
         work = self.pub.new_rows()
         if not work and self.gaps and now >= self.gap_check_at:
@@ -225,6 +228,9 @@ def run_loop(
             try:
                 r = loop.step()
                 backoff.ok()
+            except PublisherFenced:
+                log.error("a newer publisher of the topic took over: this one stops")
+                raise
             except recoverable() as exc:
                 loop.drop()
                 period.errors += 1

@@ -96,7 +96,11 @@ def airflow_env(s: Settings, component: str | None = None) -> dict[str, str]:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+            # A task whose worker died (SIGKILL of a Celery worker) is failed and retried
+            # after this many seconds without a heartbeat (tasks beat every 5 s), checked
+            # every 5 s: the publisher is back within a minute.
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
             # LocalExecutor runs tasks as the scheduler's children, so a scheduler that dies
             # takes its running tasks along; its successor resets them for a retry after this
             # check (default 300 s), once the dead scheduler missed its health threshold.

@@ -15,10 +15,15 @@ from stackctl import config, procs, services, supervisor
 from stackctl.airflow_api import Airflow
 from tests.conftest import task_log_holders, wait_for
 
+# The long-running publisher's summary period, shortened the way a user sets a setting, so
+# the log test reads a summary line within seconds.
+PUBLISH_SUMMARY_S = "5"
+
 
 @pytest.fixture(scope="session")
 def platform(stack: config.Settings) -> Iterator[Airflow]:
     t0 = time.monotonic()
+    os.environ["REGSTREAM_PUBLISH_SUMMARY_S"] = PUBLISH_SUMMARY_S
     services.start_airflow(stack)
     ctl.unpause_dags(stack)
     af = Airflow(stack)
@@ -63,3 +68,40 @@ def wait_restarted(s: config.Settings, program: str, old_pid: int, timeout: floa
             return time.monotonic() - t0
         time.sleep(0.1)
     raise AssertionError(f"{program} (pid {old_pid} killed) not restarted in {timeout:.0f}s")
+
+
+def running_run(af: Airflow, dag_id: str) -> dict | None:
+    runs = af.call("GET", f"/dags/{dag_id}/dagRuns?state=running&limit=5")["dag_runs"]
+    return runs[0] if runs else None
+
+
+def stop_publisher(af: Airflow) -> None:
+    """What an operator does to stop the long-running publisher: pause its DAG, then mark its
+    running run failed (Airflow stops the task)."""
+    af.call("PATCH", "/dags/publish_cdc_events", {"is_paused": True})
+    run = running_run(af, "publish_cdc_events")
+    if run is not None:
+        af.call(
+            "PATCH", f"/dags/publish_cdc_events/dagRuns/{run['dag_run_id']}", {"state": "failed"}
+        )
+    wait_for("no publisher running", lambda: running_run(af, "publish_cdc_events") is None, 60)
+
+
+def start_publisher(af: Airflow) -> None:
+    af.call("PATCH", "/dags/publish_cdc_events", {"is_paused": False})
+
+
+def running_task_log(af: Airflow, dag_id: str, task_id: str) -> str:
+    """The log of the running try of a long-running task ('' while none runs)."""
+    run = running_run(af, dag_id)
+    if run is None:
+        return ""
+    q = run["dag_run_id"]
+    import urllib.parse
+
+    ti = af.call(
+        "GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(q, safe='')}/taskInstances/{task_id}"
+    )
+    if ti["state"] != "running":
+        return ""
+    return af.log(dag_id, q, task_id, ti["try_number"])
