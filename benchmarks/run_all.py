@@ -20,9 +20,17 @@ SCRIPTS = [
     "benchmarks.bench_publish",
     "benchmarks.bench_stream",
     "benchmarks.bench_freshness_direct",
+    "benchmarks.bench_idle",
 ]
 
 ROWS = [  # (benchmark, label, figure, baseline figure, target)
+    (
+        "idle_cpu",
+        "idle: publisher + stream CPU (% of one core)",
+        "total_pct_of_core",
+        None,
+        "<= 5 %",
+    ),
     (
         "ingest",
         "ingest 200k customers (customers/s)",

@@ -64,6 +64,10 @@ def wipe_profile(s: config.Settings) -> None:
     _wiped.add(s.profile)
 
 
+# The long-running publisher's summary period, shortened the way a user sets a setting
+# (before the stack starts), so tests read a summary line within seconds.
+os.environ.setdefault("REGSTREAM_PUBLISH_SUMMARY_S", "5")
+
 # What the `stack` fixture's os.environ.update replaced: a user's REGSTREAM_* value wins in
 # every profile, so a profile started after this one must not take its bootstrap and paths.
 _env_before: dict[str, str | None] = {}

@@ -32,12 +32,12 @@ TASK_CONNECTIONS = (
 # Which Airflow connections each component's processes receive (issue: least privilege).
 # The scheduler runs the tasks (LocalExecutor forks them), so it holds the roles the tasks
 # use (the lag monitor reads through the reader role); the API server serves the live view,
-# which reads through the reader role only; the triggerer's CDC probe uses the publisher's.
+# which reads through the reader role only; the triggerer runs none of our code.
 COMPONENT_CONNECTIONS: dict[str, tuple[str, ...]] = {
     "api-server": ("MYSQL_READER",),
     "scheduler": TASK_CONNECTIONS,
     "dag-processor": (),
-    "triggerer": ("MYSQL_PUBLISHER",),
+    "triggerer": (),
     "celery-worker": TASK_CONNECTIONS,
 }
 

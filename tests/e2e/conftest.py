@@ -15,15 +15,10 @@ from stackctl import config, procs, services, supervisor
 from stackctl.airflow_api import Airflow
 from tests.conftest import task_log_holders, wait_for
 
-# The long-running publisher's summary period, shortened the way a user sets a setting, so
-# the log test reads a summary line within seconds.
-PUBLISH_SUMMARY_S = "5"
-
 
 @pytest.fixture(scope="session")
 def platform(stack: config.Settings) -> Iterator[Airflow]:
     t0 = time.monotonic()
-    os.environ["REGSTREAM_PUBLISH_SUMMARY_S"] = PUBLISH_SUMMARY_S
     services.start_airflow(stack)
     ctl.unpause_dags(stack)
     af = Airflow(stack)
@@ -75,9 +70,9 @@ def running_run(af: Airflow, dag_id: str) -> dict | None:
     return runs[0] if runs else None
 
 
-def stop_publisher(af: Airflow) -> None:
+def stop_publisher(s: config.Settings, af: Airflow) -> None:
     """What an operator does to stop the long-running publisher: pause its DAG, then mark its
-    running run failed (Airflow stops the task)."""
+    running run failed (Airflow stops the task at its next heartbeat)."""
     af.call("PATCH", "/dags/publish_cdc_events", {"is_paused": True})
     run = running_run(af, "publish_cdc_events")
     if run is not None:
@@ -85,23 +80,31 @@ def stop_publisher(af: Airflow) -> None:
             "PATCH", f"/dags/publish_cdc_events/dagRuns/{run['dag_run_id']}", {"state": "failed"}
         )
     wait_for("no publisher running", lambda: running_run(af, "publish_cdc_events") is None, 60)
+    wait_for(
+        "the publisher task's processes gone",
+        lambda: not task_runner_pids(s, "publish_new_events"),
+        60,
+        0.2,
+    )
 
 
 def start_publisher(af: Airflow) -> None:
     af.call("PATCH", "/dags/publish_cdc_events", {"is_paused": False})
 
 
-def running_task_log(af: Airflow, dag_id: str, task_id: str) -> str:
-    """The log of the running try of a long-running task ('' while none runs)."""
-    run = running_run(af, dag_id)
-    if run is None:
-        return ""
-    q = run["dag_run_id"]
+def running_try(af: Airflow, dag_id: str, task_id: str) -> tuple[str, int] | None:
+    """(run id, try number) of the running try of a task, None while none runs."""
     import urllib.parse
 
-    ti = af.call(
-        "GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(q, safe='')}/taskInstances/{task_id}"
-    )
-    if ti["state"] != "running":
-        return ""
-    return af.log(dag_id, q, task_id, ti["try_number"])
+    run = running_run(af, dag_id)
+    if run is None:
+        return None
+    q = urllib.parse.quote(run["dag_run_id"], safe="")
+    ti = af.call("GET", f"/dags/{dag_id}/dagRuns/{q}/taskInstances/{task_id}")
+    return (run["dag_run_id"], ti["try_number"]) if ti["state"] == "running" else None
+
+
+def running_task_log(af: Airflow, dag_id: str, task_id: str) -> str:
+    """The log of the running try of a long-running task ('' while none runs)."""
+    current = running_try(af, dag_id, task_id)
+    return "" if current is None else af.log(dag_id, current[0], task_id, current[1])

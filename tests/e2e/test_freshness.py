@@ -14,7 +14,12 @@ from regstream.monitoring import read_lag
 from stackctl import config
 from tests.conftest import role_conn, root_conn, wait_for
 from tests.e2e.conftest import counts_match as wait_exact
-from tests.e2e.conftest import start_publisher, stop_publisher, task_runner_pids
+from tests.e2e.conftest import (
+    running_try,
+    start_publisher,
+    stop_publisher,
+    task_runner_pids,
+)
 from tests.support.streamjob import stream_counts
 
 pytestmark = pytest.mark.e2e
@@ -61,6 +66,8 @@ def test_a_sigkilled_publisher_is_replaced_and_loses_nothing(stack, platform) ->
     (pid,) = wait_for(
         "the publisher task's process", lambda: task_runner_pids(stack, "publish_new_events"), 60
     )
+    dead = running_try(platform, "publish_cdc_events", "publish_new_events")
+    assert dead is not None
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
     time.sleep(max(0.0, 1.0 - (time.monotonic() - killed)))  # the scenario: commit 1 s later
@@ -70,6 +77,9 @@ def test_a_sigkilled_publisher_is_replaced_and_loses_nothing(stack, platform) ->
     wait_for("the event counted", lambda: counted(stack) >= before + 1, 60, 0.1)
     took = time.monotonic() - t0
     print(f"event committed 1 s after the publisher's SIGKILL counted in {took:.1f}s")
+    now = running_try(platform, "publish_cdc_events", "publish_new_events")
+    assert now is not None and now != dead, "the killed publisher was not replaced"
+    assert pid not in task_runner_pids(stack, "publish_new_events")
     wait_exact(stack, 240)
     assert took <= AFTER_PUBLISHER_KILL_S
 
@@ -77,7 +87,7 @@ def test_a_sigkilled_publisher_is_replaced_and_loses_nothing(stack, platform) ->
 def test_the_lag_alert_fires_when_publishing_stops_and_clears(stack, platform) -> None:
     wait_exact(stack, 240)
     conf = {"max_publish_delay_s": 5, "max_stream_delay_s": 60}
-    stop_publisher(platform)
+    stop_publisher(stack, platform)
     try:
         insert_directly(stack)
         reader = role_conn(stack, "reader", DB)
