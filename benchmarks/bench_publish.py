@@ -6,6 +6,8 @@ Measured, each in its own process so peak memory (max RSS) is its own:
   publish   the task's path (regstream.publish.HookedPublisher.run): fence, read the watermark
             from Kafka, streamed read (server-side cursor), produce in one Kafka transaction,
             flush, every delivery acknowledged, commit with the watermark, MySQL copy.
+  loop      the long-running publisher's path (regstream.publish_loop.Loop) catching up on the
+            same rows in transactions of REGSTREAM_PUBLISH_TXN_MAX_EVENTS (default 50,000).
   baseline  the same payloads, read into memory first (not timed), produced with the same
             producer settings (acks=all, idempotence, lz4) and flushed: the producer's ceiling.
 Target: >= 100,000 events/s and >= half the baseline's rate, memory bounded.
@@ -58,7 +60,7 @@ def child(mode: str, n: int) -> None:
     bootstrap = json.loads(__import__("os").environ["AIRFLOW_CONN_KAFKA_DEFAULT"])["extra"][
         "bootstrap.servers"
     ]
-    topic = settings.topic() + ("_baseline" if mode == "baseline" else "")
+    topic = settings.topic() + ("" if mode == "publish" else f"_{mode}")
     from confluent_kafka.admin import AdminClient
 
     publish.ensure_topic(AdminClient({"bootstrap.servers": bootstrap}), topic, 2, 1, bootstrap)
@@ -69,6 +71,18 @@ def child(mode: str, n: int) -> None:
         secs = time.monotonic() - t0
         pub.close()
         sent = r.published
+    elif mode == "loop":
+        from regstream.publish_loop import Loop, LoopSettings
+
+        loop = Loop(LoopSettings.current(), connect=lambda: publish.HookedPublisher(topic=topic))
+        t0 = time.monotonic()
+        sent = transactions = 0
+        while sent < n:
+            step = loop.step()
+            sent += step.published if step else 0
+            transactions += 1 if step and step.published else 0
+        secs = time.monotonic() - t0
+        loop.drop()
     else:
         producer = Producer(publish.producer_config(bootstrap))
         cur = conn.cursor()
@@ -96,7 +110,7 @@ def main() -> None:
     fill(s, database, n)
     fill_s = time.monotonic() - t0
     out = {}
-    for mode in ("publish", "baseline"):
+    for mode in ("publish", "loop", "baseline"):
         res = subprocess.run(
             [sys.executable, "-m", "benchmarks.bench_publish", "--child", mode, str(n)],
             capture_output=True,
@@ -106,9 +120,10 @@ def main() -> None:
             raise SystemExit(f"{mode} failed:\n{res.stderr[-3000:]}")
         out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
     drop(s, database)
-    pub, base = out["publish"], out["baseline"]
-    assert pub["sent"] == n and base["sent"] == n, out
+    pub, loop, base = out["publish"], out["loop"], out["baseline"]
+    assert pub["sent"] == n and loop["sent"] == n and base["sent"] == n, out
     rate, base_rate = n / pub["seconds"], n / base["seconds"]
+    loop_rate = n / loop["seconds"]
     report(
         "publish",
         {
@@ -120,13 +135,17 @@ def main() -> None:
             "baseline_events_per_s": round(base_rate),
             "baseline_max_rss_mib": round(base["max_rss_mib"]),
             "ratio_to_baseline": round(rate / base_rate, 2),
+            "loop_seconds": round(loop["seconds"], 2),
+            "loop_events_per_s": round(loop_rate),
+            "loop_max_rss_mib": round(loop["max_rss_mib"]),
             "fill_seconds": round(fill_s, 1),
             "target_events_per_s": 100_000,
             "target_ratio": 0.5,
         },
         f"{n:,} events in {pub['seconds']:.1f}s = {rate:,.0f}/s, max RSS "
         f"{pub['max_rss_mib']:.0f} MiB; baseline from memory {base_rate:,.0f}/s "
-        f"({base['max_rss_mib']:.0f} MiB); ratio {rate / base_rate:.2f}",
+        f"({base['max_rss_mib']:.0f} MiB); ratio {rate / base_rate:.2f}; long-running loop "
+        f"(bounded transactions) {loop_rate:,.0f}/s, {loop['max_rss_mib']:.0f} MiB",
     )
 
 

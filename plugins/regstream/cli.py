@@ -1,7 +1,8 @@
 """`regstream` command: the package's command-line tools in one place.
 
-regstream publish [--loop] [--interval S]   publish new CDC events (once, or back to back)
-regstream stack ARGS...                     the local stack (same as `python3 -m stackctl`)
+regstream publish [--loop]   publish new CDC events (once, or continuously until stopped)
+
+The local stack has its own tool, `python3 -m stackctl` (the product does not import it).
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ def main(argv: list[str] | None = None) -> int:
         from regstream.publish import main as publish_main
 
         return publish_main(rest)
-    if command == "stack":
-        from stackctl.__main__ import main as stack_main
-
-        return stack_main(rest)
     print(f"regstream: unknown command {command!r}\n{__doc__}", file=sys.stderr)
     return 2
 
