@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from stackctl import config, services, supervisor
+from stackctl import config, procs, services, supervisor
 from stackctl.airflow_api import Airflow
 from tests.cluster.conftest import Writers
 from tests.conftest import (
@@ -24,7 +24,7 @@ from tests.conftest import (
     task_log_holders,
     wait_for,
 )
-from tests.e2e.conftest import running_task_log
+from tests.e2e.conftest import running_task_log, running_try
 from tests.support.streamjob import ground_truth, stream_counts
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
@@ -103,6 +103,18 @@ def sigkill_group(s: config.Settings, program: str) -> int:
     return pid
 
 
+def sigkill_node(s: config.Settings, program: str) -> int:
+    """A worker machine's death: the program's group and every process below it, including
+    the task runners Airflow starts in process groups of their own (they would survive a
+    kill of the worker's group alone, and a surviving publisher is not a dead one)."""
+    pid = supervisor.pid_of(s, program)
+    assert pid, f"{program} is not running"
+    groups = {os.getpgid(p) for p in [pid, *services.descendants(pid)] if procs.alive(p)}
+    for group in groups:
+        os.killpg(group, signal.SIGKILL)
+    return pid
+
+
 def kafka_leader_down_then_two_down(s: config.Settings, af: Airflow) -> dict:
     wait_for(
         "a publish run",
@@ -156,8 +168,17 @@ def kill_celery_worker_running_publish(s: config.Settings, af: Airflow) -> dict:
         180,
         0.05,
     )
-    pid = sigkill_group(s, name)
-    return {"killed": name, "pid": pid}
+    before = running_try(af, "publish_cdc_events", "publish_new_events")
+    pid = sigkill_node(s, name)
+    t0 = time.monotonic()
+    # the dead try is failed by Airflow's heartbeat timeout (30 s) and retried on a live worker
+    wait_for(
+        "a new publisher try running",
+        lambda: running_try(af, "publish_cdc_events", "publish_new_events") not in (None, before),
+        120,
+        1,
+    )
+    return {"killed": name, "pid": pid, "publisher_back_s": round(time.monotonic() - t0, 1)}
 
 
 def kill_scheduler(s: config.Settings, af: Airflow) -> dict:
@@ -171,7 +192,10 @@ FAULTS: list[tuple[str, Callable[[config.Settings, Airflow], dict]]] = [
         kafka_leader_down_then_two_down,
     ),
     ("SIGKILL a Spark worker during micro-batches", kill_spark_worker),
-    ("SIGKILL the Celery worker running the publish task", kill_celery_worker_running_publish),
+    (
+        "SIGKILL the Celery worker running the publish task, with its task processes",
+        kill_celery_worker_running_publish,
+    ),
     ("SIGKILL the scheduler", kill_scheduler),
 ]
 
