@@ -210,6 +210,14 @@ def main() -> None:
     p.add_argument("--bursts", type=int, default=3)
     args = p.parse_args()
     s, af = whole_platform()
+    af.call("PATCH", "/dags/ingest_fake_customers", {"is_paused": True})  # only our rows
+    try:
+        run(s, af, args)
+    finally:
+        af.call("PATCH", "/dags/ingest_fake_customers", {"is_paused": False})
+
+
+def run(s: config.Settings, af: Any, args: argparse.Namespace) -> None:
     from regstream import settings
 
     cur = root_conn(s, config.DATABASE).cursor()

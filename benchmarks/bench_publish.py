@@ -78,6 +78,8 @@ def child(mode: str, n: int) -> None:
         t0 = time.monotonic()
         sent = transactions = 0
         while sent < n:
+            if time.monotonic() - t0 > 600:
+                raise SystemExit(f"loop published {sent} of {n} events in 600 s")
             step = loop.step()
             sent += step.published if step else 0
             transactions += 1 if step and step.published else 0

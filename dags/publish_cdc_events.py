@@ -17,8 +17,9 @@ latency), one line per gap decision and one per error. Kafka or MySQL outages sh
 and its retries back off exponentially (1 s doubling, at most 10 min apart), so a failing
 publisher makes a handful of runs an hour, not thousands.
 
-Stop it: pause the DAG, then mark the running run failed (Airflow stops the task; its open
-transaction is aborted).
+Stop it: pause the DAG, then mark the running run failed (Airflow sends SIGTERM; the task
+stops between two transactions). A second publisher beside a running one stands by until the
+topic's MySQL lock is free.
 """
 
 from __future__ import annotations

@@ -71,6 +71,16 @@ class MySqlEvents:
     def try_lock(self, name: str) -> bool:
         return self._one("SELECT GET_LOCK(%s, 0)", (name,))[0] == 1
 
+    def lock_holder(self, name: str) -> int | None:
+        """The MySQL connection id holding the named lock, None when free."""
+        holder = self._one("SELECT IS_USED_LOCK(%s)", (name,))[0]
+        return None if holder is None else int(holder)
+
+    def drop_idle_session_after(self, seconds: int) -> None:
+        """A session (and the locks it holds) whose client vanished ends after `seconds`
+        idle, not after the server's wait_timeout (8 h by default)."""
+        self._one(f"SET SESSION wait_timeout = {int(seconds)}")
+
     def release_lock(self, name: str) -> None:
         self._one("SELECT RELEASE_LOCK(%s)", (name,))
 

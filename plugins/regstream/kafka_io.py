@@ -100,6 +100,10 @@ def make_producer(settings: Mapping[str, Any], topic: str) -> Any:
             **producer_config(settings),
             "transactional.id": transactional_id(topic),
             "transaction.timeout.ms": transaction_timeout_ms(),
+            # librdkafka refuses a message timeout above the transaction timeout
+            "message.timeout.ms": min(
+                int(PRODUCER_CONFIG["message.timeout.ms"]), transaction_timeout_ms()
+            ),
         }
     )
 
@@ -131,9 +135,16 @@ class Transactions:
         """The last committed watermark: read from Kafka once, then this producer's own last
         commit (no one else can commit while it is not fenced)."""
         if self._committed is None:
-            raw = last_committed_value(
-                self.settings, self.state_topic, self.topic.encode(), timeout
-            )
+            from confluent_kafka import KafkaException
+
+            try:
+                raw = last_committed_value(
+                    self.settings, self.state_topic, self.topic.encode(), timeout
+                )
+            except KafkaException as exc:
+                raise PublishError(
+                    f"Kafka: could not read the watermark from {self.state_topic} ({exc})"
+                ) from exc
             self._committed = watermark_from_json(raw) if raw is not None else None
         return self._committed
 
@@ -142,7 +153,13 @@ class Transactions:
 
     def commit(self, state: Watermark, timeout: float = 60.0) -> None:
         """Add the new watermark to the transaction and commit both."""
-        self.producer.produce(self.state_topic, watermark_to_json(state), self.topic.encode())
+        self._call(
+            "add the watermark to the transaction",
+            self.producer.produce,
+            self.state_topic,
+            watermark_to_json(state),
+            self.topic.encode(),
+        )
         self._call("commit the transaction", self.producer.commit_transaction, timeout)
         self._committed = state
 
@@ -367,7 +384,7 @@ def produce_all(
     return sent
 
 
-FENCED = ("_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH")
+FENCED = ("_FENCED", "PRODUCER_FENCED")  # not INVALID_PRODUCER_EPOCH: also a timed-out txn
 
 
 def is_fenced(exc: BaseException) -> bool:

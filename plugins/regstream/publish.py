@@ -21,8 +21,9 @@ Where the parts are:
 - `regstream.cdc_source`: the MySQL side (rows, open InnoDB transactions, the stored watermark);
 - `regstream.kafka_io`: the Kafka side (clients from the Airflow connection, topic, produce);
 - `regstream.messages`: the message contract.
-This module wires them: `publish_events()` is one run, `run_publish()` the Airflow task,
-`has_work()` its gate, `main()` the command line.
+This module wires them: `publish_events()` is one transaction, `HookedPublisher` its
+connections, `run_publish()` one run of it (tests, the command line), `has_work()` the full
+gate. The Airflow task is the long-running loop in `regstream.publish_loop`.
 """
 
 from __future__ import annotations
@@ -341,6 +342,8 @@ class HookedPublisher:
             bootstrap=self.bootstrap,
             max_events=max_events,
             max_seconds=max_seconds,
+            # within the transaction timeout: a flush that takes longer fails the run first
+            flush_timeout=kafka_io.transaction_timeout_ms() / 2000,
             on_acked=on_acked,
             check_schema=False,  # checked when connecting
         )
@@ -352,6 +355,23 @@ class HookedPublisher:
         """Rows above the MySQL copy of the watermark? Two primary-key lookups."""
         newest, mirror = self.events.newest_and_watermark(self.topic)
         return newest > mirror
+
+    @property
+    def lock(self) -> str:
+        """The MySQL lock of the topic's publisher (one per topic, see publish_events)."""
+        return f"regstream_publish:{self.topic}"
+
+    def lead(self) -> bool:
+        """Take the topic's lock for the life of this connection; False if another holds it."""
+        self.events.drop_idle_session_after(60)
+        return self.events.try_lock(self.lock)
+
+    def lock_holder(self) -> int | None:
+        return self.events.lock_holder(self.lock)
+
+    def gap_ids(self) -> int:
+        """Ids in the gaps of the stored watermark (its MySQL copy)."""
+        return sum(g.size for g in self.events.read_watermark(self.topic).gaps)
 
     def gaps_ready(self) -> bool:
         """The full gate, for a watermark with gaps: rows in them, or gaps to settle."""
@@ -381,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import dataclasses
 
-    from regstream.publish_loop import LoopSettings, fault_hook, run_loop
+    from regstream.publish_loop import LoopSettings, fault_hook, run_loop, stop_on_sigterm
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--loop", action="store_true", help="publish continuously until stopped")
@@ -394,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = LoopSettings.current()
     if "REGSTREAM_PUBLISH_RUN_S" not in os.environ:
         cfg = dataclasses.replace(cfg, run_s=float("inf"))
-    run_loop(cfg, on_acked=fault_hook())
+    run_loop(cfg, stop=stop_on_sigterm(), on_acked=fault_hook())
     return 0
 
 

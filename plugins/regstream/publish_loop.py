@@ -37,6 +37,7 @@ from regstream.publish_errors import PublisherBusy, PublisherFenced, PublishErro
 log = logging.getLogger(__name__)
 
 GAP_CHECK_S = 1.0  # the full gate, while gaps are pending
+STANDBY_LOG_S = 60.0
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
 
@@ -87,8 +88,10 @@ class Period:
             if r.after.last_captured_at is not None:
                 self.latencies.append(now - _epoch(r.after.last_captured_at))
 
-    def line(self, now: float) -> str:
+    def line(self, now: float, leading: bool = True) -> str:
         span = f"last {now - self.started:.0f}s"
+        if not leading:
+            return f"{span}: standby, another publisher holds the lock; errors {self.errors}"
         if not self.transactions:
             mark = "unchanged" if self.watermark is None else self.watermark
             return f"{span}: idle, watermark {mark}, errors {self.errors}"
@@ -162,20 +165,27 @@ def recoverable() -> tuple[type[BaseException], ...]:
 
 @dataclass
 class Loop:
+    """One publisher: it publishes only while it holds the topic's MySQL lock, taken for the
+    life of its connection. A second one (a zombie Airflow thinks dead, or a new try beside
+    it) waits as a standby and takes over when the lock is free: it never registers its
+    transactional id while the other publishes, so the two cannot fence each other in turn."""
+
     cfg: LoopSettings
     connect: Callable[[], HookedPublisher] = HookedPublisher
     on_acked: Callable[[Acked], None] | None = None
     pub: HookedPublisher | None = None
+    leading: bool = False
     gaps: int = 0  # ids pending in the watermark's gaps after the last transaction
     gap_check_at: float = 0.0
+    standby_logged_at: float = float("-inf")
 
     def step(self) -> PublishResult | None:
-        """Publish one transaction if the gate says so; None when idle."""
+        """Publish one transaction if the gate says so; None when idle or standing by."""
         if self.pub is None:
             self.pub = self.connect()
-            # Register at once: a publisher that started earlier (a zombie) is fenced and
-            # stops at its next transaction; its open one is aborted.
-            self.pub.out.fence()
+            self.leading = False
+        if not self.leading and not self._lead(self.pub):
+            return None
         now = time.monotonic()
         work = self.pub.new_rows()
         if not work and self.gaps and now >= self.gap_check_at:
@@ -190,20 +200,38 @@ class Loop:
         self.gaps = sum(g.size for g in r.after.gaps)
         return r
 
+    def _lead(self, pub: HookedPublisher) -> bool:
+        if not pub.lead():
+            now = time.monotonic()
+            if now - self.standby_logged_at >= STANDBY_LOG_S:
+                self.standby_logged_at = now
+                log.info("standby: MySQL connection %s holds lock %s (another publisher of "
+                         "the topic); taking over when it is free", pub.lock_holder(), pub.lock)  # fmt: skip
+            return False
+        # Register only now: an older publisher's open transaction is aborted, and it cannot
+        # commit again (it lost the lock: its connection is gone).
+        pub.out.fence()
+        self.gaps = pub.gap_ids()  # gaps stored by a previous run settle without new rows
+        self.leading = True
+        log.info("leading: holding lock %s; %d ids in the watermark's gaps", pub.lock, self.gaps)
+        return True
+
     def _log_new_gaps(self, r: PublishResult) -> None:
-        known = {(g.first, g.last) for g in r.before.gaps}
+        known = [(g.first, g.last) for g in r.before.gaps]
         for g in r.after.gaps:
-            if (g.first, g.last) not in known and g.since >= time.time() - 60:
+            if not any(a <= g.first and g.last <= b for a, b in known):
                 log.info("gap %d-%d: ids not visible yet, waiting on transactions %s",
                          g.first, g.last, list(g.trx))  # fmt: skip
 
     def drop(self) -> None:
+        """Close the connections (which frees the lock)."""
         if self.pub is not None:
             try:
                 self.pub.close()
             except Exception:  # noqa: BLE001 - the connection is already gone
                 pass
         self.pub = None
+        self.leading = False
 
 
 def run_loop(
@@ -243,19 +271,19 @@ def run_loop(
                 period.add(r, time.time())
                 totals["events"] += r.published
                 totals["transactions"] += 1 if r.published else 0
-            period = _maybe_summarize(period, cfg.summary_s)
+            period = _maybe_summarize(period, cfg.summary_s, loop.leading)
     finally:
-        log.info("%s", period.line(time.monotonic()))
+        log.info("%s", period.line(time.monotonic(), loop.leading))
         loop.drop()
     log.info("run ends after %.0fs: %s", time.monotonic() - t0, totals)
     return totals
 
 
-def _maybe_summarize(period: Period, every: float) -> Period:
+def _maybe_summarize(period: Period, every: float, leading: bool) -> Period:
     now = time.monotonic()
     if now - period.started < every:
         return period
-    log.info("%s", period.line(now))
+    log.info("%s", period.line(now, leading))
     return Period(now, period.watermark, period.watermark, gaps_pending=period.gaps_pending)
 
 
@@ -281,6 +309,21 @@ def fault_hook() -> Callable[[Acked], None] | None:
     return hook
 
 
+def stop_on_sigterm() -> Callable[[], bool]:
+    """SIGTERM (Airflow stopping the task, 5 s before its SIGKILL) ends the loop between two
+    transactions, so none is left open to hold readers back."""
+    import signal
+
+    asked: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        log.info("SIGTERM: stopping after the current transaction")
+        asked.append(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: bool(asked)
+
+
 def run_task() -> dict[str, int]:
     """The Airflow task: one bounded run of the loop, with the task's connections."""
-    return run_loop(LoopSettings.current(), on_acked=fault_hook())
+    return run_loop(LoopSettings.current(), stop=stop_on_sigterm(), on_acked=fault_hook())

@@ -1,4 +1,4 @@
-"""The long-running publisher's pure parts: its backoff, its summary line, its fault hook."""
+"""The long-running publisher's pure parts: backoff, summary line, leadership, gaps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 from regstream.publish import PublishResult
 from regstream.publish_errors import PublishError
-from regstream.publish_loop import Backoff, LoopSettings, Period
+from regstream.publish_loop import Backoff, Loop, LoopSettings, Period
 from regstream.watermark import Watermark
 
 pytestmark = pytest.mark.pure
@@ -58,3 +58,61 @@ def test_loop_settings_come_from_the_environment(monkeypatch) -> None:
     cfg = LoopSettings.current()
     assert cfg.probe_s == 0.05 and cfg.txn_max_events == 1000
     assert cfg.run_s == 3600 and cfg.outage_s == 300
+
+
+class FakePublisher:
+    """The calls Loop.step makes, recorded; `holder` says whether the lock is free."""
+
+    lock = "regstream_publish:t"
+
+    def __init__(self, free: bool = True, gap_ids: int = 0, new: bool = False) -> None:
+        self.free, self._gap_ids, self.new = free, gap_ids, new
+        self.calls: list[str] = []
+        self.out = self
+
+    def lead(self) -> bool:
+        self.calls.append("lead")
+        return self.free
+
+    def lock_holder(self) -> int:
+        return 7
+
+    def fence(self) -> None:
+        self.calls.append("fence")
+
+    def gap_ids(self) -> int:
+        return self._gap_ids
+
+    def new_rows(self) -> bool:
+        return self.new
+
+    def gaps_ready(self) -> bool:
+        self.calls.append("gaps_ready")
+        return True
+
+    def run(self, *args, **kwargs) -> PublishResult:
+        self.calls.append("run")
+        return result(10, 10, 0, None)
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+def cfg() -> LoopSettings:
+    return LoopSettings(0.1, 100, 5.0, 60.0, 60.0, 60.0)
+
+
+def test_a_standby_never_registers_nor_publishes() -> None:
+    pub = FakePublisher(free=False, new=True)
+    loop = Loop(cfg(), connect=lambda: pub)  # type: ignore[arg-type,return-value]
+    assert loop.step() is None and loop.step() is None
+    assert pub.calls == ["lead", "lead"] and not loop.leading
+
+
+def test_the_leader_registers_once_and_settles_stored_gaps_without_new_rows() -> None:
+    pub = FakePublisher(free=True, gap_ids=2, new=False)
+    loop = Loop(cfg(), connect=lambda: pub)  # type: ignore[arg-type,return-value]
+    assert loop.step() is not None  # the gaps a previous run stored are checked at once
+    loop.step()
+    assert pub.calls.count("fence") == 1 and pub.calls[:2] == ["lead", "fence"]
+    assert "gaps_ready" in pub.calls and pub.calls.count("run") == 1
