@@ -7,6 +7,7 @@ or drops too-late events, and every error and retry, still gets its own line (th
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ def percentile(values: list[int], q: float) -> int:
     if not values:
         return 0
     ranked = sorted(values)
-    return ranked[min(len(ranked) - 1, max(0, round(q * len(ranked) + 0.5) - 1))]
+    return ranked[max(0, math.ceil(q * len(ranked)) - 1)]
 
 
 class PeriodReport:
