@@ -249,6 +249,7 @@ def test_a_driver_killed_right_after_a_batch_with_late_events_records_each_once(
     late_ids = {c for c in old_customers if c in recorded}
     assert len(late_ids) == 40 and set(recorded.values()) == {1}
     assert total_between(got, old, old + timedelta(minutes=10)) == 0
+
     # the replay: the restarted job ran the killed batch again and found nothing to add
     # (its progress row, written by the killed run with its rows, rewritten with none)
     def replayed() -> bool:
