@@ -6,7 +6,7 @@ Usage:
       --bootstrap 127.0.0.1:9092 --topic customer_registrations \\
       --checkpoint-dir .state/local/spark/checkpoints \\
       [--window "1 minute"] [--slide "30 seconds"] [--lateness "7 days"] \\
-      [--trigger "250 milliseconds"] [--max-offsets-per-trigger 500000] [--min-partitions N] \\
+      [--trigger "500 milliseconds"] [--max-offsets-per-trigger 500000] [--min-partitions N] \\
       [--sink-conn-env AIRFLOW_CONN_MYSQL_STREAM] [--progress-retention-days 7] \\
       [--log-every-s 60] [--reconnect-max-s 120] [--lock-timeout 60]
 

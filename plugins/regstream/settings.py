@@ -66,7 +66,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("REGSTREAM_LATENESS", "7 days", "interval",
          "how late an event may arrive and still be counted (the stream's watermark delay)",
          "stream job, reconciliation", 0),
-    Spec("REGSTREAM_TRIGGER", "250 milliseconds", "interval",
+    Spec("REGSTREAM_TRIGGER", "500 milliseconds", "interval",
          "processing-time trigger of the stream's micro-batches", "stream job", 0),
     Spec("REGSTREAM_PROGRESS_RETENTION_DAYS", "7", "int",
          "days of stream_progress rows kept", "stream job", 1),
