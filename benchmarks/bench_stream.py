@@ -2,7 +2,7 @@
 
 Usage: .state/venv/bin/python -m benchmarks.bench_stream [--events 2000000]
            [--history 0,2000000,10000000] [--new 1000000] [--runs 3]
-           [--only throughput|history|freshness]
+           [--only throughput|history|freshness|small|idle]
 
 throughput  2,000,000 valid events are put in a topic first, then the job (spark-submit,
             local[2], 500,000 offsets per trigger) consumes them. Sustained events/s = events
@@ -22,7 +22,14 @@ freshness   customers inserted one per transaction at a steady rate (create_date
             of publish runs back to back: `python -m regstream.publish --loop`) -> Kafka ->
             the job (1 s trigger) -> registrations_per_window. Latency = the time the k-th
             customer of a (window, store) is visible in the table (the count reaches k) minus
-            its insert's commit time. Target: p95 < 3 s in this mode.
+            its insert's commit time. Target: p95 < 3 s in this mode.small       small batches on a quiet stack: --small-rounds rounds of 1-20 events, each
+            produced once the previous one is counted, through the job with its default
+            trigger (REGSTREAM_TRIGGER). Per batch, the sink's time (foreachBatch start to
+            MySQL commit, stream_progress.duration_ms): p50, p95, max. Target: p50 <= 300 ms.
+idle        the job's CPU with nothing written: utime+stime of its whole session (the
+            spark-submit JVM and the Python driver) from /proc over --idle-seconds, after
+            a warm-up batch and --idle-warmup-s (60), with the default trigger, as % of
+            one core. Target: well under 5%.
 """
 
 from __future__ import annotations
@@ -393,6 +400,93 @@ def freshness(s, seconds: int, rate: float, work: Path) -> dict:
     }
 
 
+def session_cpu_s(proc) -> float:
+    """utime+stime, in seconds, of every process in the job's session (spark-submit leads it)."""
+    from stackctl import procs
+
+    ticks = 0
+    for pid in procs.all_pids():
+        try:
+            if os.getsid(pid) == proc.pid:
+                fields = procs.stat_fields(pid)
+                ticks += int(fields[11]) + int(fields[12])
+        except OSError:
+            continue  # gone meanwhile
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_started_job(proc, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while "started: topic" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"job exited or did not start; see {log}")
+        time.sleep(0.2)
+
+
+def small_job(s, work: Path, name: str) -> tuple:
+    """A fresh database and topic, the job on it with the default trigger, warmed up by a
+    first batch (cold JVM)."""
+    from regstream.settings import setting
+
+    database, topic = fresh(s)
+    produce_events(s, topic, 20, first_id=1)
+    log = work / f"{name}.log"
+    proc = start_job(s, topic, work / f"ck-{name}", log, 500_000, setting("REGSTREAM_TRIGGER"))
+    wait_started_job(proc, log)
+    cur = root_conn(s, database).cursor()
+    wait_consumed(cur, proc, -1, 20, log)
+    return database, topic, proc, cur, log
+
+
+def small_batches(s, rounds: int, work: Path) -> dict:
+    database, topic, proc, cur, log = small_job(s, work, "small")
+    first = batches_after(cur, -1)[-1][3]
+    next_id, sizes = 21, []
+    for i in range(rounds):
+        n = 1 + (i * 7) % 20  # 1..20
+        produce_events(s, topic, n, first_id=next_id, start=datetime(2026, 11, 3))
+        next_id += n
+        sizes.append(n)
+        wait_consumed(cur, proc, first, sum(sizes), log, timeout=60)
+    got = batches_after(cur, first)
+    kill(proc)
+    drop(s, database)
+    ms = sorted(b[1] for b in got)
+    q = statistics.quantiles(ms, n=20)
+    return {
+        "rounds": rounds,
+        "batches": len(got),
+        "rows_per_batch_max": max(b[0] for b in got),
+        "batch_ms_p50": round(statistics.median(ms)),
+        "batch_ms_p95": round(q[18]),
+        "batch_ms_max": ms[-1],
+        "batch_ms": [b[1] for b in got],
+        "target_batch_ms_p50": 300,
+    }
+
+
+def idle_cpu(s, seconds: int, warmup_s: int, work: Path) -> dict:
+    from regstream.settings import setting
+
+    database, _topic, proc, _cur, _log = small_job(s, work, "idle")
+    time.sleep(
+        warmup_s
+    )  # the JIT compiles the idle loop's code for a while: the job runs for weeks
+    cpu0, t0 = session_cpu_s(proc), time.monotonic()
+    time.sleep(seconds)
+    cpu1, t1 = session_cpu_s(proc), time.monotonic()
+    kill(proc)
+    drop(s, database)
+    return {
+        "seconds": round(t1 - t0, 1),
+        "warmup_s": warmup_s,
+        "trigger": setting("REGSTREAM_TRIGGER"),
+        "cpu_s": round(cpu1 - cpu0, 2),
+        "pct_of_one_core": round(100 * (cpu1 - cpu0) / (t1 - t0), 2),
+        "target_pct_below": 5,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--events", type=int, default=2_000_000)
@@ -401,7 +495,12 @@ def main() -> None:
     p.add_argument("--seconds", type=int, default=60)
     p.add_argument("--rate", type=float, default=10.0)
     p.add_argument("--runs", type=int, default=3, help="throughput runs (median reported)")
-    p.add_argument("--only", choices=["throughput", "history", "freshness"], default=None)
+    p.add_argument("--small-rounds", type=int, default=40)
+    p.add_argument("--idle-seconds", type=int, default=60)
+    p.add_argument("--idle-warmup-s", type=int, default=60)
+    p.add_argument(
+        "--only", choices=["throughput", "history", "freshness", "small", "idle"], default=None
+    )
     args = p.parse_args()
     s = stack()
     work = s.run / "bench"
@@ -422,6 +521,22 @@ def main() -> None:
             f"{f['customers']} customers at {f['rate_per_s']}/s: commit -> "
             f"visible p50 {f['p50_s']} s, p95 {f['p95_s']} s, p99 {f['p99_s']} s "
             f"({f['mode']}); {f['not_visible']} never visible",
+        )
+    if args.only in (None, "small"):
+        f = small_batches(s, args.small_rounds, work)
+        report(
+            "stream_small_batches",
+            f,
+            f"{f['batches']} batches of 1-{f['rows_per_batch_max']} rows: sink ms p50 "
+            f"{f['batch_ms_p50']}, p95 {f['batch_ms_p95']}, max {f['batch_ms_max']}",
+        )
+    if args.only in (None, "idle"):
+        f = idle_cpu(s, args.idle_seconds, args.idle_warmup_s, work)
+        report(
+            "stream_idle_cpu",
+            f,
+            f"idle job ({f['trigger']} trigger): {f['cpu_s']} CPU s in {f['seconds']} s = "
+            f"{f['pct_of_one_core']}% of one core",
         )
     print(json.dumps({"ok": True}))
 

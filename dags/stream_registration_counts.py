@@ -9,9 +9,13 @@ Under LocalExecutor the task is a child of the scheduler: a scheduler that dies 
 (stackctl's `leftover-reaper` sends SIGTERM; `on_kill` stops spark-submit and the driver ends,
 releasing the lock), Airflow records the try as failed and the new scheduler retries it.
 
-The task log shows each micro-batch: batch id, rows, duration, events counted, too-late and
-quarantined events, the watermark and the Kafka offsets reached. Counts land in
-`registrations_per_window`, too-late events in `stream_late_events`.
+The task log stays readable over weeks: one summary line per `REGSTREAM_STREAM_LOG_EVERY_S`
+(60 s) with batches, input rows, events counted, too-late and quarantined events, batch ms
+p50/p95/max, the watermark and the Kafka offsets reached; a batch that quarantines or drops
+too-late events, and every MySQL reconnect, gets its own line. A MariaDB restart does not
+fail the task: the job reconnects (for up to `REGSTREAM_SINK_RECONNECT_MAX_S`) and runs the
+batch again. Counts land in `registrations_per_window`, too-late events in
+`stream_late_events`; every batch also writes a row of `stream_progress`.
 
 Stop on purpose: `make stream-stop` pauses this DAG and touches the job's STOP file (seen within
 2 s; SIGTERM/SIGINT to the driver's Python process do the same): the running micro-batch

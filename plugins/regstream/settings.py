@@ -66,10 +66,16 @@ SPECS: tuple[Spec, ...] = (
     Spec("REGSTREAM_LATENESS", "7 days", "interval",
          "how late an event may arrive and still be counted (the stream's watermark delay)",
          "stream job, reconciliation", 0),
-    Spec("REGSTREAM_TRIGGER", "1 second", "interval",
+    Spec("REGSTREAM_TRIGGER", "500 milliseconds", "interval",
          "processing-time trigger of the stream's micro-batches", "stream job", 0),
     Spec("REGSTREAM_PROGRESS_RETENTION_DAYS", "7", "int",
          "days of stream_progress rows kept", "stream job", 1),
+    Spec("REGSTREAM_STREAM_LOG_EVERY_S", "60", "int",
+         "the stream job logs one summary line of its batches per this many seconds",
+         "stream job", 1),
+    Spec("REGSTREAM_SINK_RECONNECT_MAX_S", "120", "int",
+         "seconds the stream's MySQL sink keeps reconnecting (the batch then runs again) "
+         "before the job fails", "stream job", 1),
     Spec("REGSTREAM_GAP_MAX_WAIT_S", "0", "int",
          "seconds the publisher waits for an id gap to fill before skipping it; 0 = forever",
          "publisher", 0),
@@ -141,6 +147,8 @@ class Settings:
     lateness: str
     trigger: str
     progress_retention_days: int
+    stream_log_every_s: int
+    sink_reconnect_max_s: int
     gap_max_wait_s: int
     publish_probe_ms: int
     publish_txn_max_events: int

@@ -4,8 +4,11 @@ CDC topic into MySQL, exactly once. `spark_jobs/registration_counts.py` is its e
 - `contract`: the message contract, derived from the JSON Schemas (pure Python).
 - `windows`: windows, event-time bounds and what a batch adds, from its summary (pure Python).
 - `parse`: the Spark side of a batch: parse, classify, summarize (pyspark).
-- `sink`: the MySQL sink, one transaction per micro-batch (MySQLdb).
-- `lifecycle`: stopping, the single-instance lock, test fault injection.
+- `sink`: the MySQL sink, one transaction per micro-batch, rerun whole on a new connection
+  when MySQL goes away (MySQLdb).
+- `lifecycle`: stopping, the single-instance lock (taken again after a MariaDB restart),
+  test fault injection.
+- `report`: the task log's summary line per period (pure Python).
 - `job`: arguments, the Spark session, the query: the wiring.
 
 No Python runs on Spark's executors: the batch is DataFrame operations (JVM code) and the

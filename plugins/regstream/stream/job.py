@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +19,27 @@ from regstream.intervals import parse_interval
 from regstream.stream import LOG_NAME
 from regstream.stream.lifecycle import acquire_instance_lock, run_until_stopped
 from regstream.stream.mysql import mysql_params
+from regstream.stream.parse import classified
+from regstream.stream.report import PeriodReport
 from regstream.stream.sink import COUNTS_QUERY, Sink, SinkState
 from regstream.stream.windows import Windows
 
 log = logging.getLogger(LOG_NAME)
 
+KAFKA_FETCH_MAX_WAIT_MS = 10
 
-def progress_listener(sink: Sink) -> Any:
+
+def progress_listener(sink: Sink, report: PeriodReport) -> Any:
     from pyspark.sql.streaming import StreamingQueryListener
 
-    class ProgressLogger(StreamingQueryListener):
+    class ProgressListener(StreamingQueryListener):
         def onQueryStarted(self, event: Any) -> None:
             log.info("query %s started (id %s, run %s)", event.name, event.id, event.runId)
 
         def onQueryProgress(self, event: Any) -> None:
+            # into the period's summary line: a line per batch would flood the task log
             d = json.loads(event.progress.json)
-            log.info(
-                "%s batch %s: %s input rows, %.0f rows/s, durations %s",
-                d.get("name"),
-                d.get("batchId"),
-                d.get("numInputRows", 0),
-                d.get("processedRowsPerSecond") or 0.0,
-                d.get("durationMs"),
-            )
+            report.progress(d.get("durationMs") or {}, d.get("numInputRows", 0))
 
         def onQueryIdle(self, event: Any) -> None:
             try:
@@ -49,9 +48,10 @@ def progress_listener(sink: Sink) -> Any:
                 log.warning("could not record the heartbeat: %s", exc)
 
         def onQueryTerminated(self, event: Any) -> None:
+            report.flush()
             log.info("query %s terminated: %s", event.id, event.exception or "clean stop")
 
-    return ProgressLogger()
+    return ProgressListener()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,6 +86,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep stream_progress rows this long, 0 = forever (default 7)",
     )
     p.add_argument(
+        "--log-every-s",
+        type=int,
+        default=int(setting("REGSTREAM_STREAM_LOG_EVERY_S")),
+        help="one summary line of the batches per this many seconds (default 60)",
+    )
+    p.add_argument(
+        "--reconnect-max-s",
+        type=int,
+        default=int(setting("REGSTREAM_SINK_RECONNECT_MAX_S")),
+        help="seconds the sink keeps reconnecting to MySQL before the job fails (default 120)",
+    )
+    p.add_argument(
         "--lock-timeout",
         type=int,
         default=60,
@@ -103,6 +115,11 @@ def configure_logging() -> None:
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
+# Logs "Current batch is falling behind" at WARN each time a batch outlasts the trigger:
+# every batch of a backlog, which is no fault. The summary line shows batch times instead.
+QUIET_LOGGERS = ("org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor",)
+
+
 def spark_session() -> SparkSession:
     # No state store: the job keeps no state of its own in Spark (see the module docstring).
     spark = (
@@ -110,10 +127,22 @@ def spark_session() -> SparkSession:
         .config("spark.sql.session.timeZone", "UTC")
         # the listener's idle tick (the heartbeat row) while no data comes
         .config("spark.sql.streaming.noDataProgressEventInterval", "5000")
+        # A batch's summary is a few hundred rows: adaptive execution only adds a Spark job
+        # per batch (its shuffle map stage, run on its own) and a second planning.
+        .config("spark.sql.adaptive.enabled", "false")
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("WARN")
+    quiet_spark_loggers(spark)
     return spark
+
+
+def quiet_spark_loggers(spark: SparkSession) -> None:
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None  # a running session has its gateway
+    log4j = jvm.org.apache.logging.log4j
+    for name in QUIET_LOGGERS:
+        log4j.core.config.Configurator.setLevel(name, log4j.Level.ERROR)
 
 
 def starting_offsets(args: argparse.Namespace, state: SinkState) -> str:
@@ -140,6 +169,10 @@ def kafka_source(spark: SparkSession, args: argparse.Namespace, starting: str) -
         # aborted is never seen (regstream.publish)
         .option("kafka.isolation.level", "read_committed")
         .option("startingOffsets", starting)
+        # The broker holds a fetch that finds no data this long. The consumer sends one
+        # ahead when a poll returns, so a small batch's read first waited for that one:
+        # 500 ms (Kafka's default) of every small batch.
+        .option("kafka.fetch.max.wait.ms", KAFKA_FETCH_MAX_WAIT_MS)
         .option("maxOffsetsPerTrigger", args.max_offsets_per_trigger)
         # Offset ranges are split into at least this many tasks: the topic's partitions can
         # be fewer than the cores, or one can hold most of the events.
@@ -155,7 +188,7 @@ def start_query(
     state = sink.state()
     starting = starting_offsets(args, state)
     query = (
-        kafka_source(spark, args, starting)
+        classified(kafka_source(spark, args, starting))
         .writeStream.queryName(COUNTS_QUERY)
         .foreachBatch(sink.write_batch)
         .option("checkpointLocation", str(checkpoints / COUNTS_QUERY))
@@ -192,18 +225,22 @@ def main(argv: list[str] | None = None) -> int:
     lock = acquire_instance_lock(
         params, f"regstream_stream:{params['database']}", args.lock_timeout
     )
+    report = PeriodReport(args.log_every_s, log.info, time.monotonic)
     sink = Sink(
         params,
         args.topic,
         Windows.parse(args.window, args.slide),
         parse_interval(args.lateness),
         args.progress_retention_days,
+        reconnect_max_s=args.reconnect_max_s,
+        lock=lock,
+        report=report,
     )
     try:
         sink.check_schema()
         spark = spark_session()
         try:
-            spark.streams.addListener(progress_listener(sink))
+            spark.streams.addListener(progress_listener(sink, report))
             query = start_query(spark, args, sink, checkpoints)
             return run_until_stopped(spark, [query], checkpoints / "STOP")
         finally:

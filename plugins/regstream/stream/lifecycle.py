@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import MySQLdb
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
@@ -24,13 +25,34 @@ log = logging.getLogger(LOG_NAME)
 
 
 def inject_fault(point: str, batch_id: int) -> None:
-    """Tests only: REGSTREAM_FAULT=<point> SIGKILLs the whole job (driver and JVM) at `point`,
-    e.g. right after the MySQL commit of a batch and before Spark records it."""
-    if os.environ.get("REGSTREAM_FAULT") == point:
+    """Tests only. REGSTREAM_FAULT=<point> SIGKILLs the whole job (driver and JVM) at `point`,
+    e.g. right after the MySQL commit of a batch and before Spark records it.
+    REGSTREAM_FAULT=pause-<point> pauses the first batch that reaches `point` until the test
+    lets it go: the job creates <REGSTREAM_FAULT_DIR>/paused (holding the batch id) and
+    waits for <REGSTREAM_FAULT_DIR>/resume, so that a test acts at that exact moment (kills
+    MariaDB while a batch's transaction is open, say)."""
+    fault = os.environ.get("REGSTREAM_FAULT")
+    if fault == point:
         log.warning("fault injected after batch %d: %s", batch_id, point)
         for handler in logging.getLogger().handlers:
             handler.flush()
         os.killpg(os.getpgid(0), signal.SIGKILL)
+    elif fault == f"pause-{point}" and point not in _paused:
+        _paused.add(point)
+        _pause(point, batch_id, Path(os.environ["REGSTREAM_FAULT_DIR"]))
+
+
+_paused: set[str] = set()
+PAUSE_MAX_S = 300.0
+
+
+def _pause(point: str, batch_id: int, folder: Path) -> None:
+    log.warning("fault injected: batch %d paused at %s", batch_id, point)
+    (folder / "paused").write_text(str(batch_id))
+    deadline = time.monotonic() + PAUSE_MAX_S
+    while not (folder / "resume").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log.warning("fault injected: batch %d resumes at %s", batch_id, point)
 
 
 BATCH_WAIT_S = 30.0
@@ -129,13 +151,69 @@ def run_until_stopped(
     return 0
 
 
-def acquire_instance_lock(params: dict[str, Any], name: str, timeout: int) -> Any:
-    """One job per sink database: a MySQL named lock held for the driver's life (released by
-    the server the moment the driver's connection dies, and not taken again if MariaDB
-    restarts: then the check in `Sink.commit` stops a second job at its first batch)."""
-    conn = mysql_connect(params)
-    cur = conn.cursor()
-    cur.execute("SELECT GET_LOCK(%s, %s)", (name, timeout))
-    if cur.fetchone()[0] != 1:
-        raise SystemExit(f"another instance holds lock {name!r}; not starting a second one")
-    return conn
+class InstanceLockLost(RuntimeError):
+    """Another instance took the job's lock while this one was cut off from MySQL."""
+
+
+class InstanceLock:
+    """One job per sink database: a MySQL named lock, held by a connection of its own for the
+    driver's life. The server releases it the moment that connection dies (a MariaDB restart
+    does that): `ensure` takes it again on a new connection, and stops the job
+    (InstanceLockLost) if another instance has it by then: never two writers."""
+
+    def __init__(self, params: dict[str, Any], name: str) -> None:
+        self.params = params
+        self.name = name
+        self._conn: Any = None
+
+    def acquire(self, timeout: int) -> InstanceLock:
+        conn = mysql_connect(self.params)
+        cur = conn.cursor()
+        # the lock lives as long as this connection: the server must never drop it as idle
+        cur.execute("SET SESSION wait_timeout = 31536000")
+        cur.execute("SELECT GET_LOCK(%s, %s)", (self.name, timeout))
+        got = cur.fetchone()[0] == 1
+        cur.close()
+        if not got:
+            conn.close()
+            raise InstanceLockLost(
+                f"another instance holds lock {self.name!r}; not starting a second one"
+            )
+        self._conn = conn
+        return self
+
+    def ensure(self) -> None:
+        """The lock is still ours (a ping of its connection), or taken again at once."""
+        try:
+            self._conn.ping()
+            return
+        except MySQLdb.Error as exc:
+            log.warning("the job's MySQL lock %r was lost with its connection (%s)", self.name, exc)
+        self._close()
+        try:
+            self.acquire(0)
+        except InstanceLockLost:
+            raise InstanceLockLost(
+                f"another instance took lock {self.name!r} while MySQL was unreachable: "
+                "stopping this one (never two writers)"
+            ) from None
+        log.warning("took the job's MySQL lock %r again", self.name)
+
+    def _close(self) -> None:
+        try:
+            self._conn.close()
+        except MySQLdb.Error:
+            pass  # already broken: the server has dropped it
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._close()
+            self._conn = None
+
+
+def acquire_instance_lock(params: dict[str, Any], name: str, timeout: int) -> InstanceLock:
+    """The job's lock (see InstanceLock); exits if another instance holds it."""
+    try:
+        return InstanceLock(params, name).acquire(timeout)
+    except InstanceLockLost as exc:
+        raise SystemExit(str(exc)) from None

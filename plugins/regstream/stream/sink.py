@@ -18,9 +18,10 @@ from pyspark.sql import functions as F
 
 from regstream.db import named_queries
 from regstream.stream import LOG_NAME
-from regstream.stream.lifecycle import inject_fault
+from regstream.stream.lifecycle import InstanceLock, inject_fault
 from regstream.stream.mysql import mysql_connect
-from regstream.stream.parse import batch_result
+from regstream.stream.parse import SummaryColumns, events_result, summary_columns
+from regstream.stream.report import PeriodReport
 from regstream.stream.windows import BAD, LATE, OK, BatchResult, Windows, from_micros
 
 log = logging.getLogger(LOG_NAME)
@@ -39,6 +40,12 @@ REQUIRED_SCHEMA = SQL["required_schema"]
 # While idle the job writes no batch rows: this one row (batch -1) says it is alive.
 HEARTBEAT_BATCH_ID = -1
 PRUNE_EVERY_S = 3600.0
+# What a lost connection looks like: server gone (2006), lost mid-query (2013), cannot connect
+# (2002 socket, 2003 TCP), server shutting down (1053), connection killed (1927), closed for
+# inactivity (4031); InterfaceError: a call on a connection already closed.
+CONNECTION_LOST = {1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
+RECONNECT_FIRST_DELAY_S = 0.25
+RECONNECT_MAX_DELAY_S = 2.0
 
 
 LATE_COLUMNS = (
@@ -84,8 +91,14 @@ class Sink:
         lateness: timedelta,
         progress_retention_days: int = 7,
         query_id_timeout_s: float = 120.0,
+        reconnect_max_s: float = 120.0,
+        lock: InstanceLock | None = None,
+        report: PeriodReport | None = None,
     ) -> None:
         self.params = params
+        self.reconnect_max_s = reconnect_max_s
+        self.lock = lock
+        self.report = report
         self.topic = topic
         self.windows = windows
         self.lateness = lateness
@@ -97,24 +110,26 @@ class Sink:
         self._conns_lock = threading.Lock()
         self._query_ids: dict[str, str] = {}
         self._query_started = threading.Condition()
+        self._columns: SummaryColumns | None = None
 
     # -- connections
 
     def _conn(self) -> Any:
+        """This thread's connection (made on first use). No ping before each use: a lost
+        connection fails its statement, and the batch is retried (`write_batch`)."""
         conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            try:
-                conn.ping()
-            except MySQLdb.Error as exc:
-                log.warning("MySQL connection lost (%s): reconnecting", exc)
-                self._forget(conn)
-                conn = None
         if conn is None:
             conn = mysql_connect(self.params)
             self._local.conn = conn
             with self._conns_lock:
                 self._conns.append(conn)
         return conn
+
+    def _drop_conn(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            self._forget(conn)
 
     def _forget(self, conn: Any) -> None:
         with self._conns_lock:
@@ -189,16 +204,83 @@ class Sink:
     def write_batch(self, batch: DataFrame, batch_id: int) -> None:
         """foreachBatch: one pass over the batch for the summary (two for a batch with rows
         out of bounds, see batch_result); the rare bad and too-late rows are read again for
-        their details; then one MySQL transaction."""
+        their details; then one MySQL transaction.
+
+        A MySQL connection lost on the way (the server restarted, say) does not fail the
+        job: the sink reconnects with a growing pause, for up to `reconnect_max_s` in all,
+        takes the job's lock again, and runs the whole batch again from the offsets MySQL
+        holds: its transaction either committed with its offsets (the rerun adds nothing)
+        or not at all."""
         t0 = time.monotonic()
+        lost_at: float | None = None
+        while True:
+            try:
+                self._write_batch(batch, batch_id, t0)
+                return
+            except (MySQLdb.OperationalError, MySQLdb.InterfaceError) as exc:
+                if not connection_lost(exc):
+                    raise
+                lost_at = lost_at or time.monotonic()
+                self._reconnect(batch_id, exc, lost_at)
+
+    def _write_batch(self, batch: DataFrame, batch_id: int, t0: float) -> None:
         query_id = self.query_id(COUNTS_QUERY)
         state = self.state()
         watermark = self.watermark(state)
         clock = datetime.now(timezone.utc).replace(tzinfo=None)
-        result, events = batch_result(batch, self.windows, state.offsets, watermark, clock)
+        result, events = events_result(
+            batch, self.windows, state.offsets, watermark, clock, self._summary_columns()
+        )
         late = self._details(events, LATE, LATE_COLUMNS) if result.rows[LATE] else []
         bad = self._details(events, BAD, BAD_COLUMNS) if result.rows[BAD] else []
         self.commit(batch_id, query_id, state, result, late, bad, t0)
+
+    def _reconnect(self, batch_id: int, exc: Exception, lost_at: float) -> None:
+        """A new connection (and the job's lock again), with a growing pause between tries;
+        SinkUnreachable once `reconnect_max_s` have passed since the connection was lost."""
+        self._drop_conn()
+        delay = RECONNECT_FIRST_DELAY_S
+        while True:
+            waited = time.monotonic() - lost_at
+            if waited >= self.reconnect_max_s:
+                raise SinkUnreachable(
+                    f"batch {batch_id}: MySQL unreachable for {waited:.0f} s "
+                    f"(REGSTREAM_SINK_RECONNECT_MAX_S={self.reconnect_max_s:.0f}): {exc}"
+                ) from exc
+            pause = min(delay, self.reconnect_max_s - waited)
+            log.warning(
+                "batch %d: MySQL connection lost (%s); reconnecting in %.2f s "
+                "(%.1f s of at most %.0f s)",
+                batch_id,
+                exc,
+                pause,
+                waited,
+                self.reconnect_max_s,
+            )
+            time.sleep(pause)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+            try:
+                self._conn()
+                if self.lock is not None:
+                    self.lock.ensure()
+            except (MySQLdb.OperationalError, MySQLdb.InterfaceError) as again:
+                if not connection_lost(again):
+                    raise
+                self._drop_conn()
+                exc = again
+                continue
+            log.warning(
+                "batch %d: MySQL reachable again after %.1f s: running the batch again",
+                batch_id,
+                time.monotonic() - lost_at,
+            )
+            return
+
+    def _summary_columns(self) -> SummaryColumns:
+        """Built at the first batch (the JVM is up by then), reused by every batch."""
+        if self._columns is None:
+            self._columns = summary_columns(self.windows)
+        return self._columns
 
     @staticmethod
     def _details(events: DataFrame, kind: str, columns: tuple[str, ...]) -> list[Any]:
@@ -223,6 +305,8 @@ class Sink:
         t0: float,
     ) -> None:
         """Everything the batch adds, with the offsets and watermark it reached, or nothing."""
+        if self.lock is not None:
+            self.lock.ensure()
         conn = self._conn()
         cur = conn.cursor()
         cur.execute("START TRANSACTION")
@@ -267,9 +351,11 @@ class Sink:
                     end_offsets,
                 ),
             )
+            if result.rows[OK]:
+                inject_fault("before-commit", batch_id)
             conn.commit()
         except BaseException:
-            conn.rollback()
+            rollback(conn)
             raise
         finally:
             cur.close()
@@ -343,22 +429,18 @@ class Sink:
         end_offsets: str,
         ms: int,
     ) -> None:
-        log.info(
-            "batch %d: %d rows in %d ms, read %d time(s); counted %d events into %d windows, "
-            "too late %d, quarantined %d; watermark %s; offsets %s",
-            batch_id,
-            sum(result.rows.values()),
-            ms,
-            result.passes,
-            result.rows[OK],
-            len(result.counts),
-            late,
-            bad,
-            watermark,
-            end_offsets,
-        )
+        """Into the period's summary line (regstream.stream.report); a batch that quarantines
+        or drops too-late events also gets a line of its own."""
+        if self.report is not None:
+            rows = sum(result.rows.values())
+            self.report.batch(rows, result.rows[OK], late, bad, ms, watermark, end_offsets)
         if bad:
-            log.warning("batch %d: %d messages quarantined (see stream_quarantine)", batch_id, bad)
+            log.warning(
+                "batch %d: %d messages quarantined (see stream_quarantine); offsets %s",
+                batch_id,
+                bad,
+                end_offsets,
+            )
         if late:
             log.warning(
                 "batch %d: %d events older than the watermark %s were not counted "
@@ -369,10 +451,19 @@ class Sink:
             )
 
     def heartbeat(self) -> None:
-        """The listener's idle tick: the job is alive and has nothing to do."""
-        cur = self._conn().cursor()
-        cur.execute(PROGRESS, (COUNTS_QUERY, HEARTBEAT_BATCH_ID, 0, 0.0, 0, None, 0, None))
-        cur.close()
+        """The listener's idle tick: the job is alive and has nothing to do. Also keeps the
+        job's lock (taken again after a MariaDB restart) and ends the log's period."""
+        if self.report is not None:
+            self.report.maybe_log()
+        try:
+            if self.lock is not None:
+                self.lock.ensure()
+            cur = self._conn().cursor()
+            cur.execute(PROGRESS, (COUNTS_QUERY, HEARTBEAT_BATCH_ID, 0, 0.0, 0, None, 0, None))
+            cur.close()
+        except MySQLdb.Error:
+            self._drop_conn()  # the next tick connects again
+            raise
 
     def _prune_progress(self) -> None:
         """stream_progress gets a row per micro-batch: prune old ones at start and hourly."""
@@ -391,3 +482,24 @@ class Sink:
                 self.progress_retention_days,
             )
         cur.close()
+
+
+class SinkUnreachable(RuntimeError):
+    """MySQL stayed unreachable for longer than the sink keeps trying."""
+
+
+def connection_lost(exc: Exception) -> bool:
+    """Whether a MySQLdb error means the connection is gone (not a bad statement)."""
+    if isinstance(exc, MySQLdb.InterfaceError):
+        return True
+    code = exc.args[0] if exc.args else None
+    return isinstance(exc, MySQLdb.OperationalError) and code in CONNECTION_LOST
+
+
+def rollback(conn: Any) -> None:
+    """Roll back, unless the connection is gone (then the server has rolled back)."""
+    try:
+        conn.rollback()
+    except (MySQLdb.OperationalError, MySQLdb.InterfaceError) as exc:
+        if not connection_lost(exc):
+            raise
