@@ -1,8 +1,8 @@
-"""Stream throughput, cost against history, and end-to-end freshness on this machine.
+"""Stream throughput, cost against history, small-batch latency and idle cost on this machine.
 
 Usage: .state/venv/bin/python -m benchmarks.bench_stream [--events 2000000]
            [--history 0,2000000,10000000] [--new 1000000] [--runs 3]
-           [--only throughput|history|freshness|small|idle]
+           [--only throughput|history|small|idle]
 
 throughput  2,000,000 valid events are put in a topic first, then the job (spark-submit,
             local[2], 500,000 offsets per trigger) consumes them. Sustained events/s = events
@@ -17,12 +17,7 @@ history     the same 1,000,000 new events processed after 0, 2M and 10M earlier 
             sustained events/s and batch p50/p95 of the new events only, Spark's state on disk,
             the sink's rows, the job's RSS. Targets: throughput at 10M >= 0.8 x at 0, batch
             p95 <= 1.25 x.
-freshness   customers inserted one per transaction at a steady rate (create_date = now)
-            through the whole flow: trigger -> publisher in its most continuous mode (a loop
-            of publish runs back to back: `python -m regstream.publish --loop`) -> Kafka ->
-            the job (1 s trigger) -> registrations_per_window. Latency = the time the k-th
-            customer of a (window, store) is visible in the table (the count reaches k) minus
-            its insert's commit time. Target: p95 < 3 s in this mode.small       small batches on a quiet stack: --small-rounds rounds of 1-20 events, each
+small       small batches on a quiet stack: --small-rounds rounds of 1-20 events, each
             produced once the previous one is counted, through the job with its default
             trigger (REGSTREAM_TRIGGER). Per batch, the sink's time (foreachBatch start to
             MySQL commit, stream_progress.duration_ms): p50, p95, max. Target: p50 <= 300 ms.
@@ -39,14 +34,11 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from benchmarks.common import ROOT, drop, fresh, report, stack
-from stackctl import config
+from benchmarks.common import drop, fresh, report, stack
 from stackctl.db import root_conn
 
 
@@ -295,111 +287,6 @@ def stop(proc, ck: Path, timeout: float = 120) -> None:
     proc.wait(timeout=timeout)
 
 
-def freshness(s, seconds: int, rate: float, work: Path) -> dict:
-    import MySQLdb
-
-    database, topic = fresh(s)
-    env_py = str(s.venv / "bin" / "python")
-    proc = start_job(s, topic, work / "ck-fresh", work / "freshness.log", 500_000, "1 second")
-    pub = subprocess.Popen(
-        [env_py, "-m", "regstream.publish", "--loop", "--interval", "0.1"],
-        cwd=ROOT,
-        env=dict(__import__("os").environ),
-        stdout=open(work / "publisher.log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
-    # warm up: wait for the job's first batch
-    cur = root_conn(s, database).cursor()
-    while True:
-        cur.execute("SELECT COUNT(*) FROM stream_progress WHERE query_name = 'registration_counts'")
-        if cur.fetchone()[0] > 0:
-            break
-        if proc.poll() is not None:
-            raise SystemExit(f"job exited; see {work / 'freshness.log'}")
-        time.sleep(0.2)
-    pw = config.secrets_for(s)["REG_INGEST_PASSWORD"]
-    wconn = MySQLdb.connect(
-        host="127.0.0.1",
-        port=s.mysql_port,
-        user="reg_ingest",
-        password=pw,
-        database=database,
-        autocommit=True,
-    )
-    wcur = wconn.cursor()
-    wcur.execute("SET time_zone = '+00:00'")
-    commits: dict[tuple, list[float]] = {}
-    seen: dict[tuple, list[float]] = {}
-    stop = threading.Event()
-
-    def poll() -> None:
-        pc = root_conn(s, database).cursor()
-        while not stop.is_set():
-            pc.execute("SELECT window_start, store_id, registrations FROM registrations_per_window")
-            now = time.time()
-            for ws, store, n in pc.fetchall():
-                got = seen.setdefault((ws, store), [])
-                while len(got) < n:
-                    got.append(now)
-            time.sleep(0.05)
-
-    poller = threading.Thread(target=poll)
-    poller.start()
-    t0 = time.monotonic()
-    i = 0
-    while time.monotonic() - t0 < seconds:
-        target = t0 + i / rate
-        if time.monotonic() < target:
-            time.sleep(target - time.monotonic())
-        store = 1 + i % 2
-        now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
-        wcur.execute(
-            "INSERT INTO address (address, district, city_id, phone) VALUES "
-            "('1 Fresh St', 'D', 1, '555')"
-        )
-        wcur.execute(
-            "INSERT INTO customer (store_id, first_name, last_name, email, address_id, "
-            "create_date) VALUES (%s, 'FRESH', 'NESS', 'f@example.org', "
-            "LAST_INSERT_ID(), %s)",
-            (store, now),
-        )
-        committed = time.time()
-        ws = now.replace(second=0)
-        commits.setdefault((ws, store), []).append(committed)
-        i += 1
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and any(
-        len(seen.get(k, [])) < len(v) for k, v in commits.items()
-    ):
-        time.sleep(0.2)
-    stop.set()
-    poller.join()
-    pub.terminate()
-    pub.wait()
-    kill(proc)
-    lat = sorted(
-        seen[k][j] - c
-        for k, v in commits.items()
-        for j, c in enumerate(v)
-        if j < len(seen.get(k, []))
-    )
-    missing = sum(len(v) for v in commits.values()) - len(lat)
-    drop(s, database)
-    q = statistics.quantiles(lat, n=100)
-    return {
-        "customers": i,
-        "rate_per_s": rate,
-        "seconds": seconds,
-        "not_visible": missing,
-        "p50_s": round(q[49], 2),
-        "p95_s": round(q[94], 2),
-        "p99_s": round(q[98], 2),
-        "max_s": round(lat[-1], 2),
-        "mode": "publisher loop (--loop --interval 0.1), 1 s trigger",
-        "target_p95_s": 3.0,
-    }
-
-
 def session_cpu_s(proc) -> float:
     """utime+stime, in seconds, of every process in the job's session (spark-submit leads it)."""
     from stackctl import procs
@@ -498,9 +385,7 @@ def main() -> None:
     p.add_argument("--small-rounds", type=int, default=40)
     p.add_argument("--idle-seconds", type=int, default=60)
     p.add_argument("--idle-warmup-s", type=int, default=60)
-    p.add_argument(
-        "--only", choices=["throughput", "history", "freshness", "small", "idle"], default=None
-    )
+    p.add_argument("--only", choices=["throughput", "history", "small", "idle"], default=None)
     args = p.parse_args()
     s = stack()
     work = s.run / "bench"
@@ -513,15 +398,6 @@ def main() -> None:
     if args.only in (None, "history"):
         sizes = [int(x) for x in args.history.split(",")]
         report_history(history(s, sizes, args.new, work))
-    if args.only in (None, "freshness"):
-        f = freshness(s, args.seconds, args.rate, work)
-        report(
-            "freshness",
-            f,
-            f"{f['customers']} customers at {f['rate_per_s']}/s: commit -> "
-            f"visible p50 {f['p50_s']} s, p95 {f['p95_s']} s, p99 {f['p99_s']} s "
-            f"({f['mode']}); {f['not_visible']} never visible",
-        )
     if args.only in (None, "small"):
         f = small_batches(s, args.small_rounds, work)
         report(
