@@ -65,11 +65,14 @@ def test_publish_dag_is_one_long_running_task_with_bounded_restarts(dagbag) -> N
     assert task.retry_delay.total_seconds() <= 2  # a killed publisher is back within seconds
 
 
-def test_stream_dag_keeps_one_job_alive(dagbag) -> None:
+def test_stream_dag_keeps_one_job_alive_with_bounded_restarts(dagbag) -> None:
     dag = dagbag.dags["stream_registration_counts"]
     assert dag.max_active_runs == 1
     assert type(dag.timetable).__name__ == "ContinuousTimetable"
     task = dag.get_task("run_streaming_job")
+    args = {k: getattr(task, k) for k in ("retries", "retry_delay", "max_retry_delay")}
+    args["retry_exponential_backoff"] = task.retry_exponential_backoff
+    assert runs_per_hour_when_every_try_fails_at_once(args) <= 30
     assert type(task).__name__ == "SparkSubmitOperator"
     assert task._conn_id == "spark_default"
 
