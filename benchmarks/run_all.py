@@ -77,6 +77,13 @@ ROWS = [  # (benchmark, label, figure, baseline figure, target)
         "",
     ),
     (
+        "publish",
+        "publish 1M, long-running loop, 50k-event transactions (events/s)",
+        "loop_events_per_s",
+        None,
+        "within 10% of the single-transaction run",
+    ),
+    (
         "freshness_direct",
         "direct INSERT -> counted p50 / p95 / p99 (s)",
         None,
@@ -90,7 +97,7 @@ def main() -> None:
     """All benchmarks, or `--only <module> ...`: those, merged into the results of the others
     (each result keeps the date it was measured)."""
     only = sys.argv[sys.argv.index("--only") + 1 :] if "--only" in sys.argv else None
-    results: dict[str, dict] = {}
+    results: dict = {}
     if only:
         results = json.loads((ROOT / "benchmarks" / "results.json").read_text())["results"]
     env = dict(os.environ)
@@ -108,13 +115,15 @@ def main() -> None:
                 print(line)
         if res.returncode != 0:
             print(f"{script} FAILED:\n{res.stderr[-3000:]}", file=sys.stderr)
+    if "freshness_direct" in results:  # the issue's figure, where it looks for it
+        results["publish_runs_per_day"] = results["freshness_direct"]["publish_runs_per_day"]
     write(results, round(time.monotonic() - t0))
 
 
 HAND_MARKER = "<!-- figures measured by hand below: make bench keeps them -->"
 
 
-def write(results: dict[str, dict], seconds: int) -> None:
+def write(results: dict, seconds: int) -> None:
     """results.json and the results.md table (also used to merge a single benchmark's run)."""
     out = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
