@@ -86,7 +86,7 @@ class PublishResult:
     partitions: dict[int, tuple[int, int]]  # partition -> (first offset, last offset)
     rolled_back_ids: int
     given_up_ids: int
-    backlog: int
+    backlog: int  # rows left above the new watermark; -1 when not counted (the loop)
     seconds: float
 
 
@@ -132,6 +132,7 @@ def publish_events(
     clock: Callable[[], float] = time.time,
     on_acked: Callable[[Acked], None] | None = None,
     check_schema: bool = True,
+    count_backlog: bool = True,
 ) -> PublishResult:
     """One publish run (one Kafka transaction of at most `max_events` events, read for at most
     `max_seconds`); `out` is the topic's transactional producer (kafka_io.Transactions)."""
@@ -165,7 +166,8 @@ def publish_events(
             on_acked,
         )
         store(events, topic, mirror, decision)
-        backlog = events.backlog(decision.state.last_event_id)
+        # a COUNT over what is left: the one-shot run's log line; the loop goes on instead
+        backlog = events.backlog(decision.state.last_event_id) if count_backlog else -1
     finally:
         events.release_lock(lock)
     return PublishResult(
@@ -346,6 +348,7 @@ class HookedPublisher:
             flush_timeout=kafka_io.transaction_timeout_ms() / 2000,
             on_acked=on_acked,
             check_schema=False,  # checked when connecting
+            count_backlog=not quiet,
         )
         if not quiet:
             log_result(result, self.topic)
