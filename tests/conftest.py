@@ -73,6 +73,16 @@ os.environ.setdefault("REGSTREAM_PUBLISH_SUMMARY_S", "5")
 _env_before: dict[str, str | None] = {}
 
 
+def export_profile_env(s: config.Settings) -> None:
+    """The profile's connections and settings into os.environ, recording what they replace
+    so that stop_profile puts it back (else a profile started later takes them as a user's
+    values: seen, the cluster's stream job reading the test profile's Kafka)."""
+    env = services.airflow_env(s)
+    for name in env:
+        _env_before.setdefault(name, os.environ.get(name))
+    os.environ.update(env)
+
+
 def stop_profile(s: config.Settings) -> None:
     """Stop the profile; a `stack` set up after this starts it from a wiped state again."""
     services.stop_all(s)
@@ -91,10 +101,7 @@ def stack(settings: config.Settings) -> Iterator[config.Settings]:
     if settings.profile not in _wiped:
         wipe_profile(settings)
     services.start_data_services(settings)
-    env = services.airflow_env(settings)
-    for name in env:
-        _env_before.setdefault(name, os.environ.get(name))
-    os.environ.update(env)
+    export_profile_env(settings)
     yield settings
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from stackctl import config, services, supervisor
-from tests.conftest import stop_profile, wipe_profile
+from tests.conftest import export_profile_env, stop_profile, wipe_profile
 from tests.support.settings_values import NON_DEFAULTS
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def started(stack: config.Settings) -> Iterator[config.Settings]:
         stop_profile(settings)
         wipe_profile(settings)
         services.start_data_services(settings)
-        os.environ.update(services.airflow_env(settings))
+        export_profile_env(settings)
 
 
 def test_every_setting_reaches_every_airflow_program_unchanged(started) -> None:
