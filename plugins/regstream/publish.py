@@ -119,6 +119,11 @@ def messages(
             yield key, value
 
 
+def publisher_lock(topic: str) -> str:
+    """The MySQL lock a publisher of `topic` holds while it publishes: one at a time."""
+    return f"regstream_publish:{topic}"
+
+
 def publish_events(
     events: EventSource,
     out: Transactions,
@@ -140,7 +145,7 @@ def publish_events(
     max_wait = settings.gap_max_wait_s() if gap_max_wait_s is None else gap_max_wait_s
     if check_schema:
         events.check_schema()
-    lock = f"regstream_publish:{topic}"
+    lock = publisher_lock(topic)
     if not events.try_lock(lock):
         raise PublisherBusy(
             f"another publisher for topic {topic} is running (MySQL lock {lock}); "
@@ -361,8 +366,8 @@ class HookedPublisher:
 
     @property
     def lock(self) -> str:
-        """The MySQL lock of the topic's publisher (one per topic, see publish_events)."""
-        return f"regstream_publish:{self.topic}"
+        """The MySQL lock of the topic's publisher."""
+        return publisher_lock(self.topic)
 
     def lead(self) -> bool:
         """Take the topic's lock for the life of this connection; False if another holds it."""
